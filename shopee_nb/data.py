@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #057d1df0
 from __future__ import annotations
-import io, os, re, difflib, hashlib, warnings, math, colorsys
+import io, os, re, shutil, difflib, hashlib, warnings, math, colorsys
 from pathlib import Path
 
 import numpy as np
