@@ -9,7 +9,7 @@ EXTRAS ?= dev,tf,torch,cpu
 DEMO_DIR ?= runs/demo
 NB_WORKERS ?= 2
 
-.PHONY: install demo test test-nbs test-py sync-check docs bench clean
+.PHONY: install demo test test-nbs test-py sync-check docs bench clean default-model
 
 # Create the venv if missing and install the package with its extras (editable, so notebooks export into it).
 $(STAMP): pyproject.toml settings.ini
@@ -49,6 +49,16 @@ docs: install
 	rm -rf _proc _docs; $(BIN)/nbdev_proc_nbs; mkdir -p _docs; \
 	$(BIN)/jupyter nbconvert --to html --output-dir _docs _proc/*.ipynb; \
 	echo "open _docs/index.html"; fi
+
+# Rebuild the model shipped inside the package (used by `shopee_nb match` without --run) from ../shared/data:
+# a text member fitted on the Shopee titles (MiniLM + TF-IDF, and a TF-IDF-only fallback) and an image member fitted on grocery photos.
+SHARED ?= ../shared/data
+default-model: install
+	$(BIN)/shopee_nb fit $(SHARED)/shopee --profile cpu --image-encoder none --out runs/default/text-minilm
+	$(BIN)/shopee_nb fit $(SHARED)/shopee --profile cpu --text-encoder tfidf --image-encoder none --out runs/default/text-tfidf
+	$(BIN)/shopee_nb fit $(SHARED)/grocery --profile cpu --split photo --out runs/default/image
+	rm -rf shopee_nb/default_model
+	$(BIN)/shopee_nb merge runs/default/text-minilm runs/default/text-tfidf runs/default/image --out shopee_nb/default_model
 
 bench: install
 	$(BIN)/python benchmarks/bench_matching.py
