@@ -94,7 +94,7 @@ PROFILES: dict[str, dict] = {
                   image_encoder='lite0', warmup_epochs=1, embed_chunk=64, max_rows=None),
     'cpu':   dict(img_size=224, batch_size=32, epochs=8, n_folds=5, tf_image_weights=None,
                   torch_backbone='efficientnet_lite0', torch_pretrained=True, fc_dim=512,
-                  bert_handle=None, bert_preprocess=None, text_max_len=32, text_encoder='minilm',
+                  bert_handle=None, bert_preprocess=None, text_max_len=32, text_encoder='tfidf',
                   image_encoder='lite0', warmup_epochs=1, embed_chunk=512, max_rows=None),
     'gpu':   dict(img_size=512, batch_size=16, epochs=25, n_folds=5, tf_image_weights='imagenet',
                   torch_backbone='eca_nfnet_l0', torch_pretrained=True, fc_dim=512,
