@@ -19,7 +19,8 @@ from .data import load_image, DataError
 __all__ = ['MODALITIES', 'ENCODERS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'EncoderEntry', 'register_encoder', 'encoder_entry',
            'encoder_class', 'l2_normalize', 'Encoder', 'create_encoder', 'file_sha256', 'content_keys',
            'postings_fingerprint', 'child_path', 'embed', 'MiniLMEncoder', 'E5Encoder', 'images_to_batch',
-           'Lite0Encoder', 'Projection', 'fit_projection']
+           'Lite0Encoder', 'MiniLMArcFaceEncoder', 'Model1ImageEncoder', 'Model1TextEncoder', 'Model2Encoder',
+           'Projection', 'fit_projection']
 
 # %% ../nbs/06_embeddings.ipynb #5ad371d6
 MODALITIES = ('text', 'image', 'phash')
@@ -393,25 +394,54 @@ class Lite0Encoder(Encoder):
 register_encoder('lite0', Lite0Encoder, 'image', doc='ImageNet EfficientNet-Lite0 as shipped (frozen, from its wheel)')
 
 # %% ../nbs/06_embeddings.ipynb #c2bc9998
-register_encoder('model2', 'shopee_nb.nfnet_torch:Model2Encoder', 'image',
-                 profiles={'smoke': dict(backbone='efficientnet_lite0', pretrained=None, img_size=64, epochs=1, batch_size=8),
-                           'cpu': dict(backbone='efficientnet_lite0', pretrained='package', img_size=224, epochs=4),
-                           'gpu': dict(backbone='eca_nfnet_l0', pretrained='timm', mish=True, img_size=512, epochs=10)},
-                 doc='Model 2 (PyTorch/timm): backbone -> [Mish] -> pool -> dropout -> fc -> BN, trained end to end with ArcFace')
+class MiniLMArcFaceEncoder(Encoder):
+    "all-MiniLM-L6-v2 fine-tuned with the seed's ArcFace text recipe (being written: issue 11)."
+    modality, trainable = 'text', True
+    defaults = dict(max_len=32, epochs=2)
 
 # %% ../nbs/06_embeddings.ipynb #52e20217
-register_encoder('model1-image', 'shopee_nb.arcface_tf:Model1ImageEncoder', 'image',
+register_encoder('minilm-arcface', MiniLMArcFaceEncoder, 'text',
+                 profiles={'smoke': dict(epochs=1), 'cpu': dict(epochs=2)},
+                 doc='all-MiniLM-L6-v2 fine-tuned on the titles with ArcFace (the seed\'s text recipe)')
+
+# %% ../nbs/06_embeddings.ipynb #ab69ced1
+class Model1ImageEncoder(Encoder):
+    "Model 1's image half (chapter 04, TensorFlow/Keras) as a trainable encoder (being written: issue 11)."
+    modality, trainable = 'image', True
+    defaults = dict(backbone='EfficientNetLite0', pretrained='package', img_size=224, epochs=4, batch_size=32)
+
+# %% ../nbs/06_embeddings.ipynb #dbb8331c
+class Model1TextEncoder(Encoder):
+    "Model 1's text half (chapter 04): BERT from TF-Hub + ArcFace, as a trainable encoder (being written: issue 11)."
+    modality, trainable = 'text', True
+    defaults = dict(handle=None, preprocess=None, max_len=70, epochs=25, batch_size=32)
+
+# %% ../nbs/06_embeddings.ipynb #06695945
+register_encoder('model1-image', Model1ImageEncoder, 'image',
                  profiles={'smoke': dict(backbone='EfficientNetLite0', pretrained=None, img_size=64, epochs=1, batch_size=8),
                            'cpu': dict(backbone='EfficientNetLite0', pretrained='package', img_size=224, epochs=4),
                            'gpu': dict(backbone='EfficientNetB3', pretrained='imagenet', img_size=512, epochs=25)},
                  doc='Model 1 (TensorFlow/Keras): EfficientNet -> GAP -> BN -> L2, trained end to end with ArcFace')
 
-# %% ../nbs/06_embeddings.ipynb #ab69ced1
-register_encoder('model1-text', 'shopee_nb.arcface_tf:Model1TextEncoder', 'text',
+# %% ../nbs/06_embeddings.ipynb #aa60e104
+register_encoder('model1-text', Model1TextEncoder, 'text',
                  profiles={'gpu': dict(handle='https://tfhub.dev/tensorflow/bert_en_uncased_L-24_H-1024_A-16/4',
                                        preprocess='https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3',
                                        max_len=70, epochs=25)},
                  doc='Model 1 (TensorFlow/Keras): BERT from TF-Hub + ArcFace on titles')
+
+# %% ../nbs/06_embeddings.ipynb #dbc569e8
+class Model2Encoder(Encoder):
+    "Model 2 (chapter 05, PyTorch/timm) as a trainable encoder (being written: issue 11)."
+    modality, trainable = 'image', True
+    defaults = dict(backbone='efficientnet_lite0', pretrained='package', mish=False, img_size=224, epochs=4, batch_size=32)
+
+# %% ../nbs/06_embeddings.ipynb #7a6ba97c
+register_encoder('model2', Model2Encoder, 'image',
+                 profiles={'smoke': dict(backbone='efficientnet_lite0', pretrained=None, img_size=64, epochs=1, batch_size=8),
+                           'cpu': dict(backbone='efficientnet_lite0', pretrained='package', img_size=224, epochs=4),
+                           'gpu': dict(backbone='eca_nfnet_l0', pretrained='timm', mish=True, img_size=512, epochs=10)},
+                 doc='Model 2 (PyTorch/timm): backbone -> [Mish] -> pool -> dropout -> fc -> BN, trained end to end with ArcFace')
 
 # %% ../nbs/06_embeddings.ipynb #db18d8bb
 class Projection:
