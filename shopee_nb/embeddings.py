@@ -17,10 +17,10 @@ from .data import load_image, DataError
 
 # %% auto #0
 __all__ = ['MODALITIES', 'ENCODERS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'EncoderEntry', 'register_encoder', 'encoder_entry',
-           'encoder_class', 'l2_normalize', 'Encoder', 'create_encoder', 'file_sha256', 'content_keys',
-           'postings_fingerprint', 'child_path', 'embed', 'MiniLMEncoder', 'E5Encoder', 'images_to_batch',
-           'Lite0Encoder', 'MiniLMArcFaceEncoder', 'Model1ImageEncoder', 'Model1TextEncoder', 'Model2Encoder',
-           'Projection', 'fit_projection']
+           'encoder_class', 'l2_normalize', 'Encoder', 'create_encoder', 'profile_encoders', 'file_sha256',
+           'content_keys', 'postings_fingerprint', 'child_path', 'embed', 'MiniLMEncoder', 'E5Encoder',
+           'images_to_batch', 'Lite0Encoder', 'MiniLMArcFaceEncoder', 'Model1ImageEncoder', 'Model1TextEncoder',
+           'Model2Encoder', 'Projection', 'fit_projection']
 
 # %% ../nbs/06_embeddings.ipynb #5ad371d6
 MODALITIES = ('text', 'image', 'phash')
@@ -31,6 +31,7 @@ class EncoderEntry:
     name: str       # the name used in specs, profiles and `--encoders`
     target: object  # the `Encoder` subclass, or 'module:Class' imported only when the encoder is built
     modality: str   # what it reads: 'text' (titles), 'image' (photos) or 'phash'
+    params: dict = field(default_factory=dict)    # parameters this name always sets (a variant of its class)
     profiles: dict = field(default_factory=dict)  # profile -> parameters of a new fit in that profile
     doc: str = ''   # one line for `--help` and the docs
 
@@ -40,12 +41,13 @@ ENCODERS: dict[str, EncoderEntry] = {}
 def register_encoder(name:str, # the name used in specs, profiles and on the command line
                      target, # the encoder class, or 'module:Class' to import only when it is built
                      modality:str, # 'text', 'image' or 'phash'
+                     params:dict|None=None, # parameters this name always sets (e.g. TF-IDF's `kind`)
                      profiles:dict|None=None, # profile -> the parameters a new fit in that profile uses
                      doc:str='', # one line for `--help` and the docs
                     ) -> EncoderEntry:
     "Register an encoder once, by name, as timm's `register_model` does."
     if modality not in MODALITIES: raise ValueError(f"register_encoder({name!r}): modality must be one of {MODALITIES}, not {modality!r}")
-    entry = EncoderEntry(name, target, modality, dict(profiles or {}), doc)
+    entry = EncoderEntry(name, target, modality, dict(params or {}), dict(profiles or {}), doc)
     ENCODERS[name] = entry
     return entry
 
@@ -113,10 +115,20 @@ def create_encoder(spec, # a registered name, or a saved spec `{'name', 'params'
                   ) -> Encoder:
     "Build an encoder from its registered name or its saved spec, as timm's `create_model` does."
     spec = {'name': spec} if isinstance(spec, str) else dict(spec)
-    enc = encoder_class(spec.get('name', ''))(**{**spec.get('params', {}), **params})
+    fixed = encoder_entry(spec.get('name', '')).params
+    enc = encoder_class(spec['name'])(**{**fixed, **spec.get('params', {}), **params})
     enc.name = spec['name']
     enc.weights = dict(spec.get('weights', {}))
     return enc
+
+# %% ../nbs/06_embeddings.ipynb #72cd7819
+def profile_encoders(profile:str, # 'smoke', 'cpu' or 'gpu'
+                    ) -> list[dict]:
+    "The specs a new fit in `profile` starts from: every registered encoder with parameters for that profile."
+    out = []
+    for e in ENCODERS.values():
+        if profile in e.profiles: out.append({'name': e.name, 'params': {**e.params, **e.profiles[profile]}, 'weights': {}})
+    return out
 
 # %% ../nbs/06_embeddings.ipynb #74ef4488
 _FILE_HASHES: dict = {}

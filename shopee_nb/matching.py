@@ -13,13 +13,13 @@ import scipy.sparse as sp
 
 from .core import backends, progress, get_config
 from .data import DataError, make_folds, match_metrics, group_targets
-from .embeddings import Encoder
+from .embeddings import Encoder, register_encoder, create_encoder
 
 # %% auto #0
 __all__ = ['TFIDF_PRESETS', 'MAX_DF_DOCS', 'DENSE_BACKENDS', 'APPROX_ABOVE', 'Neighbours', 'ensure_self', 'tfidf_features',
-           'TfidfEncoder', 'topk_sparse', 'topk_dense', 'topk_cosine', 'neighbours_to_csr', 'union_csr', 'csr_to_lists',
-           'csr_metrics', 'phash_to_uint64', 'hamming', 'phash_pairs', 'phash_csr', 'fold_neighbours', 'f1_curve',
-           'cv_threshold', 'phash_by_fold', 'evaluate_rules']
+           'TfidfEncoder', 'PhashEncoder', 'topk_sparse', 'topk_dense', 'topk_cosine', 'neighbours_to_csr', 'union_csr',
+           'csr_to_lists', 'csr_metrics', 'phash_to_uint64', 'hamming', 'phash_pairs', 'phash_csr', 'fold_neighbours',
+           'f1_curve', 'cv_threshold', 'phash_by_fold', 'evaluate_rules']
 
 # %% ../nbs/07_knn_tfidf.ipynb #8325d9fe
 @dataclass
@@ -93,10 +93,37 @@ def tfidf_features(titles, kind: str = 'word', max_df: float | None = None, back
 
 # %% ../nbs/07_knn_tfidf.ipynb #a1aad436
 class TfidfEncoder(Encoder):
-    "Word or character TF-IDF of the titles as an `Encoder`; `encode` returns sparse L2-normalised CSR rows."
-    modality = 'text'
-    def __init__(self, kind: str = 'word', **opts): self.kind, self.opts, self.name = kind, opts, f'tfidf-{kind}'
-    def encode(self, df, cache=None, chunk=None): return tfidf_features(df['title'], self.kind, **self.opts)
+    "Word or character TF-IDF of the titles; `encode` fits on the postings it is given and returns sparse L2-normalised rows."
+    modality, sparse = 'text', True
+    defaults = dict(kind='word', normalize=False, options={})   # options: overrides of the `TFIDF_PRESETS` entry
+
+    def encode(self, df, cache=None, chunk=None):
+        titles = df['title'].fillna('').astype(str)
+        if self.normalize:
+            from shopee_nb.nlp import normalize_titles
+            titles = pd.Series(normalize_titles(titles), index=titles.index)
+        return tfidf_features(titles, self.kind, **self.options)
+
+# %% ../nbs/07_knn_tfidf.ipynb #6b5a98ba
+class PhashEncoder(Encoder):
+    "The 64-bit perceptual hash of each photo as `uint64` (malformed or missing hashes: 0, and `valid` False)."
+    modality = 'phash'
+    defaults = dict(max_dist=0)   # pairs within this Hamming distance are candidates
+
+    def encode(self, df, cache=None, chunk=None):
+        return phash_to_uint64(df['image_phash'])[0]
+
+    def available(self, df):
+        return phash_to_uint64(df['image_phash'])[1]
+
+# %% ../nbs/07_knn_tfidf.ipynb #30ce8f60
+_ALL_PROFILES = ('smoke', 'cpu', 'gpu')
+register_encoder('tfidf-word', TfidfEncoder, 'text', params=dict(kind='word'), profiles={p: {} for p in _ALL_PROFILES},
+                 doc='word TF-IDF of the titles (binary, English stop words), fitted on the postings being matched')
+register_encoder('tfidf-char', TfidfEncoder, 'text', params=dict(kind='char'), profiles={p: {} for p in _ALL_PROFILES},
+                 doc='character 3-4-gram TF-IDF of the titles, fitted on the postings being matched')
+register_encoder('phash', PhashEncoder, 'phash', profiles={p: dict(max_dist=0) for p in _ALL_PROFILES},
+                 doc='the perceptual hash of the photo: identical (or near) hashes are candidate pairs')
 
 # %% ../nbs/07_knn_tfidf.ipynb #02eff453
 def _csr_to_neighbours(C: sp.csr_matrix, k: int) -> Neighbours:
@@ -227,16 +254,17 @@ def csr_to_lists(M: sp.csr_matrix) -> list[np.ndarray]:
         out.append(np.concatenate([[i], c[c != i]]).astype(np.int64))
     return out
 
-def csr_metrics(M: sp.csr_matrix, labels) -> dict:
-    "Mean row-wise F1, precision and recall of boolean match matrix `M` against `labels` (the competition metric), vectorised."
+def csr_metrics(M: sp.csr_matrix, labels, rows=None) -> dict:
+    "Mean row-wise F1, precision and recall of boolean match matrix `M` against `labels` (the competition metric), over `rows` (default all), vectorised."
     labels = np.asarray(labels); M = M.tocsr(); n = M.shape[0]
     if len(labels) != n: raise ValueError(f"csr_metrics: {n} rows but {len(labels)} labels")
     _, inv, cnt = np.unique(labels, return_inverse=True, return_counts=True)
-    rows = np.repeat(np.arange(n), np.diff(M.indptr))
-    tp = np.bincount(rows, weights=(inv[rows] == inv[M.indices]), minlength=n)
+    r = np.repeat(np.arange(n), np.diff(M.indptr))
+    tp = np.bincount(r, weights=(inv[r] == inv[M.indices]), minlength=n)
     pred = np.diff(M.indptr).astype(float); true = cnt[inv].astype(float)
-    f1 = 2 * tp / np.maximum(pred + true, 1)
-    return dict(f1=float(f1.mean()), precision=float((tp / np.maximum(pred, 1)).mean()), recall=float((tp / true).mean()), n=n)
+    f1, prec, rec = 2 * tp / np.maximum(pred + true, 1), tp / np.maximum(pred, 1), tp / true
+    rows = np.arange(n) if rows is None else np.asarray(rows)
+    return dict(f1=float(f1[rows].mean()), precision=float(prec[rows].mean()), recall=float(rec[rows].mean()), n=len(rows))
 
 # %% ../nbs/07_knn_tfidf.ipynb #a220338d
 def phash_to_uint64(hashes) -> tuple[np.ndarray, np.ndarray]:
