@@ -22,13 +22,13 @@ from .matching import Neighbours, topk_cosine, phash_pairs, hamming, csr_metrics
 # %% auto #0
 __all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'DEFAULT_STEPS', 'DEFAULT_SCORER', 'THRESHOLDS', 'MIN2_OFFSETS',
            'POOLS', 'View', 'encode_view', 'view_neighbours', 'StepEntry', 'register_step', 'step_entry', 'Context',
-           'blend_rows', 'blend_step', 'candidate_pairs', 'pair_cosine', 'neighbour_ranks', 'base_features', 'pagerank',
-           'graph_step', 'quantities', 'units_step', 'pool_context', 'register_scorer', 'GBDTScorer', 'LogisticScorer',
-           'create_scorer', 'pairs_to_csr', 'f1_curve', 'PoolRule', 'Member', 'MatchModel', 'load_model',
-           'data_modalities', 'fit_specs', 'keyed_state', 'fit_encoders', 'Pool', 'make_pool', 'pool_rows',
-           'validation_pools', 'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule', 'photo_folds', 'member_name',
-           'title_vocabulary', 'fit_model', 'curves_at', 'usable_members', 'match_postings', 'transfer_warnings',
-           'merge_models', 'default_model']
+           'blend_rows', 'blend_step', 'candidate_pairs', 'pair_cosine', 'neighbour_lookup', 'view_similarity',
+           'base_features', 'pagerank', 'graph_step', 'quantities', 'units_step', 'pool_context', 'register_scorer',
+           'GBDTScorer', 'LogisticScorer', 'create_scorer', 'pairs_to_csr', 'f1_curve', 'PoolRule', 'Member',
+           'MatchModel', 'load_model', 'data_modalities', 'fit_specs', 'keyed_state', 'fit_encoders', 'Pool',
+           'make_pool', 'pool_rows', 'validation_pools', 'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule',
+           'photo_folds', 'member_name', 'title_vocabulary', 'fit_model', 'curves_at', 'usable_members',
+           'match_postings', 'transfer_warnings', 'merge_models', 'default_model']
 
 # %% ../nbs/08_ensemble.ipynb #93fad84a
 @dataclass
@@ -193,20 +193,29 @@ def pair_cosine(X, I, J, chunk:int=500_000) -> np.ndarray:
     return out
 
 # %% ../nbs/08_ensemble.ipynb #4b01e221
-def neighbour_ranks(nb:Neighbours, I, J) -> np.ndarray:
-    "Position of `J` in `I`'s neighbour list (`k` when absent)."
+def neighbour_lookup(nb:Neighbours, I, J) -> tuple[np.ndarray, np.ndarray]:
+    "Position of `J` in `I`'s neighbour list (`k` when absent) and its similarity there (NaN when absent)."
     n, k = nb.idx.shape
     ok = nb.idx >= 0
     keys = (np.arange(n)[:, None].astype(np.int64) * n + nb.idx)[ok]
-    pos = np.broadcast_to(np.arange(k), nb.idx.shape)[ok]
+    pos, sim = np.broadcast_to(np.arange(k), nb.idx.shape)[ok], nb.sim[ok]
     o = np.argsort(keys)
-    keys, pos = keys[o], pos[o]
-    if not len(keys): return np.full(len(I), k, np.float32)
+    keys, pos, sim = keys[o], pos[o], sim[o]
+    if not len(keys): return np.full(len(I), k, np.float32), np.full(len(I), np.nan, np.float32)
     q = I.astype(np.int64) * n + J
     at = np.clip(np.searchsorted(keys, q), 0, len(keys) - 1)
-    return np.where(keys[at] == q, pos[at], k).astype(np.float32)
+    found = keys[at] == q
+    return np.where(found, pos[at], k).astype(np.float32), np.where(found, sim[at], np.nan).astype(np.float32)
 
 # %% ../nbs/08_ensemble.ipynb #ee28fb92
+def view_similarity(view:View, nb:Neighbours, I, J, known=None) -> np.ndarray:
+    "Cosine of pairs in `view`: read from the neighbour lists where one holds the other (`known`), computed for the rest."
+    s = np.array(known, np.float32) if known is not None else np.full(len(I), np.nan, np.float32)
+    todo = np.flatnonzero(np.isnan(s))
+    if len(todo): s[todo] = pair_cosine(view.X, I[todo], J[todo])
+    return s
+
+# %% ../nbs/08_ensemble.ipynb #7001bf1b
 def base_features(ctx:Context):
     "Per view: cosine, relative cosine, rank both ways; per phash view: Hamming distance."
     I, J = ctx.I, ctx.J
@@ -218,9 +227,10 @@ def base_features(ctx:Context):
             ctx.F[f'{v.name}_dist'] = np.where(miss, np.nan, d)
             continue
         nb = ctx.nbs[v.name]
-        s = np.where(miss, np.nan, pair_cosine(v.X, I, J))
+        (r1, s1), (r2, s2) = neighbour_lookup(nb, I, J), neighbour_lookup(nb, J, I)
+        known = np.where(miss, 0, np.where(np.isnan(s1), s2, s1))      # postings without the view: nothing to compute
+        s = np.where(miss, np.nan, view_similarity(v, nb, I, J, known))
         best = np.where(nb.idx[:, 1] >= 0, nb.sim[:, 1], np.nan) if nb.k > 1 else np.full(ctx.n, np.nan)
-        r1, r2 = neighbour_ranks(nb, I, J), neighbour_ranks(nb, J, I)
         ctx.F[v.name] = s
         ctx.F[f'{v.name}_rel'] = s - np.fmax(best[I], best[J])
         ctx.F[f'{v.name}_rank'] = np.where(miss, np.nan, np.log1p(np.minimum(r1, r2)))
