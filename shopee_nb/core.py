@@ -198,6 +198,7 @@ class Config:
 
 # %% ../nbs/00_core.ipynb #fc197c04
 def default_profile() -> str:
+    "The profile `get_config` uses when none is given: `SHOPEE_PROFILE`, else `smoke` under test, `gpu` with a GPU, else `cpu`."
     if os.environ.get('SHOPEE_PROFILE'): return os.environ['SHOPEE_PROFILE']
     if in_test(): return 'smoke'
     return 'gpu' if backends().gpu else 'cpu'
@@ -327,7 +328,7 @@ def figure_image(fig, fmt: str | None = None, width: int | None = None, height: 
     lay = d.get('layout', {})
     if fmt is None: fmt = 'jpeg' if any(t.get('type') == 'image' for t in d.get('data', [])) else 'svg'
     opts = dict(format=fmt, width=width or lay.get('width') or 800, height=height or lay.get('height') or 450,
-                scale=scale if fmt != 'svg' else 1)
+                scale={'svg': 1, 'jpeg': min(scale, 1.5)}.get(fmt, scale))
     if not _kaleido_state['server']:
         kaleido.start_sync_server(mathjax=False, silence_warnings=True)
         atexit.register(kaleido.stop_sync_server, silence_warnings=True)

@@ -46,7 +46,7 @@ def fig_group_sizes(
                       xaxis_title='postings per label group', height=height, template='plotly_white',
                       legend=dict(orientation='h', y=1.12), bargap=0.1)
     fig.update_yaxes(title_text='label groups', secondary_y=False)
-    fig.update_yaxes(title_text='postings', secondary_y=True)
+    fig.update_yaxes(title_text='postings', secondary_y=True, rangemode='tozero')
     return fig
 
 # %% ../nbs/02_eda.ipynb #fef614d7

@@ -106,7 +106,10 @@ def dirt(nb: dict) -> list[str]:
     found = []
     for i, c in enumerate(nb['cells']):
         where = c.get('id') or f'cell {i}'
-        texts = [''.join(c['source'])] if c['cell_type'] == 'markdown' else []
+        prose = [''.join(c['source'])] if c['cell_type'] == 'markdown' else []   # prose may quote a log line, not a path
+        for t in prose:
+            for m in DIRTY['machine path'].finditer(t): found.append(f"{where}: machine path in prose: {t[max(0, m.start() - 40):m.end() + 40]!r}")
+        texts = []
         for o in c.get('outputs', []):
             if WIDGET in o.get('data', {}):
                 found.append(f'{where}: progress widget output (text fallback {"".join(o["data"].get("text/plain", ""))[:60]!r})')
@@ -151,6 +154,43 @@ def test_page_is_clean(site, name):
     "No progress stubs, TF/CUDA logs, command-line warnings, machine paths or unrounded floats on the page."
     found = dirt(_page_nb(site, name))
     assert not found, f'{name}: {len(found)} finding(s):\n' + '\n'.join(found[:25])
+
+
+# ------------------------------------------------------------------------------------------ docs-time cells
+_EXEC_DIRECTIVES = re.compile(r'^\s*#\|\s*(export|exports|exporti|exec_doc)\b', re.M)
+
+
+def rerun_with_state(nb: dict) -> list[str]:
+    "Cells nbdev re-executes at docs time (they import) that also compute: run in a fresh smoke-mode shell, they fail or overwrite real outputs."
+    import ast
+    found = []
+    for c in nb['cells']:
+        src = ''.join(c['source'])
+        if c['cell_type'] != 'code' or _EXEC_DIRECTIVES.search(src) or re.search(r'^\s*#\|\s*eval:\s*false', src, re.M): continue
+        if 'nbdev_export' + '()' in src: continue       # nbdev skips the export cell
+        code = '\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!')))
+        try: tree = ast.parse(code)
+        except SyntaxError: continue
+        if not any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)): continue
+        other = [n for n in tree.body if not isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        if other: found.append(f"cell {c.get('id')}: imports and also runs code (line {other[0].lineno}: "
+                               f"{code.splitlines()[other[0].lineno - 1].strip()[:80]!r}); put the imports in a cell of their own")
+    return found
+
+
+def test_rerun_finder_catches_what_it_should():
+    cell = lambda src: {'cell_type': 'code', 'source': src, 'id': 'x', 'outputs': []}
+    assert rerun_with_state({'cells': [cell('import numpy as np\nx = np.ones(3)')]})
+    assert rerun_with_state({'cells': [cell('def f():\n    import os\nf()')]})
+    assert not rerun_with_state({'cells': [cell('import numpy as np\nfrom pathlib import Path'), cell('x = 1'),
+                                           cell('#| export\nimport os\nX = os.sep'), cell('def f():\n    import os')]})
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_docs_time_cells_only_import(name):
+    "nbdev re-runs every cell that imports, in a fresh shell under IN_TEST: such a cell must not also compute."
+    found = rerun_with_state(json.loads((ROOT/'nbs'/name).read_text()))
+    assert not found, f'{name}:\n' + '\n'.join(found)
 
 
 # ------------------------------------------------------------------------------------------ the browser

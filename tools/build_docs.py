@@ -94,7 +94,7 @@ def mathjax(cache: Path | None = None) -> tuple[Path | None, str]:
 def frontmatter(nb: dict) -> dict:
     "The YAML front matter nbdev puts in a processed notebook's first cell (title, description, output-file)."
     import yaml
-    if not nb['cells'] or nb['cells'][0]['cell_type'] != 'markdown': return {}
+    if not nb['cells'] or nb['cells'][0]['cell_type'] not in ('markdown', 'raw'): return {}
     src = ''.join(nb['cells'][0]['source'])
     m = re.match(r'\s*---\n(.*?)\n---', src, re.S)
     return (yaml.safe_load(m.group(1)) or {}) if m else {}
@@ -184,11 +184,11 @@ def preview(proc_dir: Path, out: Path, failed: dict[str, str] | None = None, mat
     for p in pages:
         nb = p['nb']
         if p['processed'] and frontmatter(nb):
-            nb['cells'][0]['source'] = _title_cell(frontmatter(nb), p['title'])
+            nb['cells'][0] = nbformat.v4.new_markdown_cell(_title_cell(frontmatter(nb), p['title']))
         if not p['processed']:
             nb['cells'] = [c for c in nb['cells'] if not re.search(r'^\s*#\|\s*(hide|default_exp)\b', ''.join(c['source']), re.M)]
             banner = ('**This page was not processed**: nbdev could not run the cells it re-executes at docs time, so this '
-                      'is the notebook as committed.\n\n```\n' + (p['error'] or 'not processed').strip()[:1500] + '\n```')
+                      'is the notebook as committed.\n\n```\n' + _short_error(p['error'] or 'not processed') + '\n```')
             nb['cells'].insert(1 if nb['cells'] and nb['cells'][0]['cell_type'] == 'markdown' else 0,
                                nbformat.v4.new_markdown_cell(banner))
         nb['cells'] = [c for c in (_quarto_cell_options(c) for c in nb['cells']) if c is not None]
@@ -200,6 +200,14 @@ def preview(proc_dir: Path, out: Path, failed: dict[str, str] | None = None, mat
         p.pop('nb')
     (out/'pages.json').write_text(json.dumps([{k: str(v) if isinstance(v, Path) else v for k, v in p.items()} for p in pages], indent=1))
     return pages
+
+
+def _short_error(err: str, n: int = 12) -> str:
+    "The error's first line, the cell's first `n` lines and the root cause (the `-->` line)."
+    lines = err.strip().splitlines()
+    cause = [l for l in lines if l.startswith('--> ')]
+    body = [l for l in lines[1:] if not l.startswith('--> ')]
+    return '\n'.join(lines[:1] + body[:n] + (['    ...'] if len(body) > n else []) + cause)
 
 
 def _first_heading(nb):
