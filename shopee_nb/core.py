@@ -309,7 +309,10 @@ def _kernel():
     return ip if ip is not None and getattr(ip, 'kernel', None) is not None else None
 
 # %% ../nbs/00_core.ipynb #89ea72d4
-def progress(it=None, **kw):
+def progress(
+    it=None, # the iterable to wrap (or None, with `total=`)
+    **kw, # tqdm's arguments (`desc`, `total`, `unit`, `leave`, ...)
+):
     "A progress bar: silent under test, one in-place output in Jupyter (see `NotebookBar`), text on a terminal."
     kw.setdefault('disable', in_test() or None)
     if _kernel() is not None: return NotebookBar(it, **kw)
@@ -319,8 +322,13 @@ def progress(it=None, **kw):
 # %% ../nbs/00_core.ipynb #da1bc337
 _kaleido_state = {'server': False}
 
-def figure_image(fig, fmt: str | None = None, width: int | None = None, height: int | None = None,
-                 scale: float = 2.0) -> tuple[bytes, str]:
+def figure_image(
+    fig, # a plotly figure or its dict
+    fmt: str | None = None, # 'svg', 'png' or 'jpeg'; None: JPEG when the figure holds images, else SVG
+    width: int | None = None, # pixels; None: the figure's layout width, else 800
+    height: int | None = None, # pixels; None: the figure's layout height, else 450
+    scale: float = 2.0, # pixel density of PNG (JPEG: at most 1.5); SVG is drawn at 1
+) -> tuple[bytes, str]:
     "Render a plotly figure (or its dict) offline to (bytes, mime type): SVG for charts, JPEG when it holds images."
     import plotly.io as pio
     import kaleido
@@ -336,7 +344,10 @@ def figure_image(fig, fmt: str | None = None, width: int | None = None, height: 
     return kaleido.calc_fig_sync(d, opts=opts), {'svg': 'image/svg+xml', 'png': 'image/png', 'jpeg': 'image/jpeg'}[fmt]
 
 # %% ../nbs/00_core.ipynb #2c3356a4
-def figure_bundle(fig, static: bool | None = None) -> tuple[dict, dict]:
+def figure_bundle(
+    fig, # a plotly figure or its dict
+    static: bool | None = None, # add the static image; None: unless under test
+) -> tuple[dict, dict]:
     "The (data, metadata) a notebook stores for a plotly figure: its plotly JSON and, unless under test, a static image."
     import plotly.io as pio
     d = fig if isinstance(fig, dict) else fig.to_dict()
@@ -360,14 +371,18 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f'{category.__name__}: {message}', file=file or sys.stderr)
 
 # %% ../nbs/00_core.ipynb #fa460305
-def show_figure(fig):
+def show_figure(
+    fig, # a plotly figure or its dict
+):
     "Display a plotly figure as `figure_bundle` stores it (what `fig` on a cell's last line does after `report_setup`)."
     from IPython.display import display
     data, md = figure_bundle(fig)
     display(data, metadata=md, raw=True)
 
 # %% ../nbs/00_core.ipynb #47560681
-def report_setup(figures: bool = True):
+def report_setup(
+    figures: bool = True, # also route plotly figures through `figure_bundle`
+):
     "Display settings for the report: plotly figures with static images, 4-digit tables, one-line warnings."
     import pandas as pd
     pd.set_option('display.precision', 4)
