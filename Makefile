@@ -9,7 +9,7 @@ EXTRAS ?= dev,tf,torch,cpu
 DEMO_DIR ?= runs/demo
 NB_WORKERS ?= 2
 
-.PHONY: install demo test test-nbs test-py sync-check docs bench clean default-model
+.PHONY: install demo test test-nbs test-py sync-check docs browser bench clean default-model
 
 # Create the venv if missing and install the package with its extras (editable, so notebooks export into it).
 $(STAMP): pyproject.toml settings.ini
@@ -26,7 +26,8 @@ install: $(STAMP)
 demo: install
 	$(BIN)/shopee_nb demo --out $(DEMO_DIR)
 
-# Notebooks and library agree, notebooks are clean, every notebook runs as a test, then pytest.
+# Notebooks and library agree, notebooks are clean, every notebook runs as a test, then pytest, which includes
+# tests/test_docs.py: the docs build (nbdev's processed notebooks -> HTML) and the browser check (headless Chromium).
 test: install sync-check test-nbs test-py
 
 sync-check: install
@@ -39,16 +40,25 @@ sync-check: install
 test-nbs: install
 	$(BIN)/nbdev_test --n_workers $(NB_WORKERS) --timing
 
-test-py: install
+test-py: install browser
 	$(BIN)/python -m pytest tests/ -q
 
-# nbdev_docs needs Quarto; where it is missing, render a plain HTML preview of the processed notebooks.
+# A Chromium for the docs browser check (and for kaleido, which renders figures' static images when a notebook is
+# executed): Debian's `chromium` package when none is installed and apt-get can run; otherwise the check skips and says why.
+BROWSERS := chromium chromium-browser google-chrome google-chrome-stable
+browser:
+	@for b in $(BROWSERS); do if command -v $$b >/dev/null 2>&1; then echo "browser: $$(command -v $$b)"; exit 0; fi; done; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+	  && echo "browser: installed Debian's chromium" || echo "browser: apt-get install chromium failed; the browser check will skip"; \
+	else echo "browser: no Chromium and no root apt-get; the browser check in tests/test_docs.py will skip (install chromium)"; fi
+
+# The docs: nbdev's processed notebooks (every notebook in a fresh process; all failures listed), then the Quarto site
+# where Quarto is installed, else an offline HTML preview of the same pages (nbconvert) with working links between them.
+# Uses only this venv's Python (nbdev_docs/nbdev_proc_nbs without Quarto would pip-install into whatever pip is first on PATH).
 docs: install
-	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; \
-	else echo "Quarto is not installed: building a plain HTML preview of the processed notebooks into _docs/ (install Quarto for the real site)."; \
-	rm -rf _proc _docs; $(BIN)/nbdev_proc_nbs; mkdir -p _docs; \
-	$(BIN)/jupyter nbconvert --to html --output-dir _docs _proc/*.ipynb; \
-	echo "open _docs/index.html"; fi
+	$(BIN)/python tools/build_docs.py --workers $(NB_WORKERS)
 
 # Rebuild the model shipped inside the package (used by `shopee_nb match` without --run) from ../shared/data:
 # a text member fitted on the Shopee titles (MiniLM + TF-IDF, and a TF-IDF-only fallback) and an image member fitted on grocery photos.

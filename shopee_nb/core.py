@@ -4,17 +4,18 @@
 
 # %% ../nbs/00_core.ipynb #19bd7508
 from __future__ import annotations
-import os, sys, random, json, shutil, subprocess, importlib, importlib.util, tempfile, warnings, contextlib
+import os, sys, io, re, random, json, shutil, subprocess, importlib, importlib.util, tempfile, warnings, contextlib, atexit, base64
 from dataclasses import dataclass, field, asdict, replace, fields
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from tqdm.std import tqdm
 
 # %% auto #0
-__all__ = ['BERT_LARGE', 'BERT_PREPROCESS', 'PROFILES', 'Backends', 'backends', 'import_torch', 'import_tf', 'in_test', 'Config',
-           'default_profile', 'get_config', 'atomic_write', 'seed_everything', 'split_gpu_memory', 'find_shared',
-           'progress']
+__all__ = ['BERT_LARGE', 'BERT_PREPROCESS', 'PROFILES', 'Backends', 'backends', 'quiet_stderr', 'import_torch', 'import_tf',
+           'in_test', 'Config', 'default_profile', 'get_config', 'atomic_write', 'seed_everything', 'split_gpu_memory',
+           'find_shared', 'NotebookBar', 'progress', 'figure_image', 'figure_bundle', 'show_figure', 'report_setup']
 
 # %% ../nbs/00_core.ipynb #70d918d5
 def _installed(mod: str) -> bool:
@@ -62,6 +63,25 @@ def backends() -> Backends:
                     faiss=_installed('faiss'), sparse_dot_topn=_installed('sparse_dot_topn'))
 
 # %% ../nbs/00_core.ipynb #78e6710a
+@contextlib.contextmanager
+def quiet_stderr():
+    "Send what C/C++ code writes to file descriptor 2 into a temporary file; echo it only if the block raises."
+    with contextlib.suppress(Exception): sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            tmp.seek(0)
+            sys.stderr.write(tmp.read().decode(errors='replace'))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+# %% ../nbs/00_core.ipynb #d7194f51
 def import_torch():
     "Import and return `torch`, or explain how to install it."
     if not _installed('torch'):
@@ -70,12 +90,15 @@ def import_torch():
     return torch
 
 def import_tf():
-    "Import and return `tensorflow` (quietly, after torch when torch is installed)."
+    "Import and return `tensorflow` (after torch when torch is installed), its C++ logs silenced."
     if not _installed('tensorflow'):
         raise ImportError("TensorFlow is not installed: pip install 'shopee_nb[tf]'")
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')   # no C++ INFO/WARNING/ERROR lines; Python errors still raise
     if _installed('torch'): import torch  # noqa: F401  -- order matters, see above
+    if 'tensorflow' not in sys.modules:
+        with quiet_stderr(): import tensorflow  # noqa: F401
     import tensorflow as tf
+    tf.get_logger().setLevel('ERROR')
     return tf
 
 # %% ../nbs/00_core.ipynb #b77ba2d9
@@ -112,51 +135,46 @@ def _default_cache() -> Path:
 @dataclass
 class Config:
     "Everything that sizes and steers a run. Build one with `get_config`."
-    profile: str = 'cpu'
-    data: Path | None = None        # a Kaggle-layout folder (SHOPEE_DATA); None = the generated sample
-    cache: Path = field(default_factory=_default_cache)  # embeddings, weights, the generated sample
-    seed: int = 42
-    n_folds: int = 5                # GroupKFold folds by label_group
-    k: int = 50                     # neighbours per posting (Shopee caps groups at 50)
-    max_matches: int = 50
-    # images
-    img_size: int = 224
-    batch_size: int = 32
-    epochs: int = 8
-    num_workers: int = 0            # DataLoader workers (0 under test)
-    tf_image_backbone: str = 'EfficientNetB3'
-    tf_image_weights: str | None = None   # 'imagenet', a local .h5 file, or None
-    torch_backbone: str = 'efficientnet_lite0'
-    torch_pretrained: bool = True
-    fc_dim: int = 512
-    dropout: float = 0.1
-    image_encoder: str = 'lite0'
-    # text
-    bert_handle: str | None = None  # TF-Hub URL or local SavedModel folder
-    bert_preprocess: str | None = None
-    text_max_len: int = 64
-    text_encoder: str = 'minilm'
-    # ArcFace recipe (seed report, "Tuning ArcFace")
-    arc_s: float = 30.0
-    margin_start: float = 0.2
-    margin_image: float = 1.0
-    margin_text: float = 0.8
-    margin_warmup_epochs: int | None = None  # None: grow the margin over all epochs
-    adaptive_margin: bool = False
-    adaptive_power_image: float = -0.1
-    adaptive_power_text: float = -0.2
-    label_smoothing: float = 0.0
-    lr: float = 1e-4                 # backbone learning rate
-    head_lr_mult: float = 10.0       # cosine head learns faster
-    warmup_epochs: int = 1
-    clip_norm: float = 1.0
-    mixed_precision: bool = False
-    # matching
-    embed_chunk: int = 512           # rows per cached embedding chunk
-    phash_max_dist: int = 0
-    max_rows: int | None = None      # cap rows (debugging)
-    # GPU split (seed: TF 2 GB, the rest to RAPIDS)
-    tf_gpu_memory_mb: int = 2048
+    profile: str = 'cpu'                  # the profile this config was built from: 'smoke', 'cpu' or 'gpu'
+    data: Path | None = None              # a Kaggle-layout folder (SHOPEE_DATA); None = the generated sample
+    cache: Path = field(default_factory=_default_cache)  # embeddings, weights, the generated sample (SHOPEE_CACHE)
+    seed: int = 42                        # seed for Python, NumPy, torch and TensorFlow
+    n_folds: int = 5                      # GroupKFold folds by label_group
+    k: int = 50                           # neighbours per posting (Shopee caps groups at 50)
+    max_matches: int = 50                 # most matches written per posting (itself included)
+    img_size: int = 224                   # image side in pixels for the trained image models
+    batch_size: int = 32                  # images per training/embedding batch
+    epochs: int = 8                       # training epochs of the trained image/text models
+    num_workers: int = 0                  # DataLoader workers (0 under test)
+    tf_image_backbone: str = 'EfficientNetB3'  # Keras application behind Model 1's image branch
+    tf_image_weights: str | None = None   # 'imagenet', a local .h5 file, or None (random start)
+    torch_backbone: str = 'efficientnet_lite0'  # timm backbone of Model 2
+    torch_pretrained: bool = True         # start Model 2 from the backbone's offline ImageNet weights
+    fc_dim: int = 512                     # embedding size after the projection layer
+    dropout: float = 0.1                  # dropout before the projection layer
+    image_encoder: str = 'lite0'          # registered image encoder the pipeline uses
+    bert_handle: str | None = None        # TF-Hub URL or local SavedModel folder of the BERT encoder
+    bert_preprocess: str | None = None    # TF-Hub URL or local SavedModel folder of its preprocessor
+    text_max_len: int = 64                # tokens per title for the BERT text model
+    text_encoder: str = 'minilm'          # registered text encoder the pipeline uses
+    arc_s: float = 30.0                   # ArcFace scale s (seed report, "Tuning ArcFace")
+    margin_start: float = 0.2             # ArcFace margin at the first epoch
+    margin_image: float = 1.0             # final ArcFace margin of the image models
+    margin_text: float = 0.8              # final ArcFace margin of the text models
+    margin_warmup_epochs: int | None = None  # epochs to grow the margin over; None: all of them
+    adaptive_margin: bool = False         # per-class margins from class sizes
+    adaptive_power_image: float = -0.1    # image margins grow as class_size ** this
+    adaptive_power_text: float = -0.2     # text margins grow as class_size ** this
+    label_smoothing: float = 0.0          # label smoothing of the ArcFace cross-entropy
+    lr: float = 1e-4                      # backbone learning rate
+    head_lr_mult: float = 10.0            # the cosine head's learning rate is lr times this
+    warmup_epochs: int = 1                # learning-rate warm-up epochs
+    clip_norm: float = 1.0                # gradient clipping norm
+    mixed_precision: bool = False         # float16 training (on by default only with a GPU)
+    embed_chunk: int = 512                # rows per cached embedding chunk
+    phash_max_dist: int = 0               # Hamming distance for phash matches (0: identical hashes)
+    max_rows: int | None = None           # cap rows (debugging)
+    tf_gpu_memory_mb: int = 2048          # TensorFlow's share of each GPU; RAPIDS gets the rest (seed: 2 GB)
 
     def __post_init__(self):
         if self.profile not in PROFILES:
@@ -180,6 +198,7 @@ class Config:
 
 # %% ../nbs/00_core.ipynb #fc197c04
 def default_profile() -> str:
+    "The profile `get_config` uses when none is given: `SHOPEE_PROFILE`, else `smoke` under test, `gpu` with a GPU, else `cpu`."
     if os.environ.get('SHOPEE_PROFILE'): return os.environ['SHOPEE_PROFILE']
     if in_test(): return 'smoke'
     return 'gpu' if backends().gpu else 'cpu'
@@ -261,9 +280,124 @@ def find_shared(name: str) -> Path | None:
     return None
 
 # %% ../nbs/00_core.ipynb #5d36d524
-def progress(it=None, **kw):
-    "A tqdm progress bar, silent under test."
-    from tqdm.auto import tqdm
+class NotebookBar(tqdm):
+    "A tqdm bar drawn as one notebook output updated in place: no widget, and blank when done unless `leave`."
+    monitor_interval = 0              # no monitor thread: updates come from the loop's own thread
+
+    def __init__(self, iterable=None, **kw):
+        self._handle = None
+        kw = {'leave': False, 'ncols': 100, **kw, 'file': io.StringIO()}
+        if kw.get('disable') is None: kw['disable'] = False   # tqdm reads None as "not a terminal: off"
+        super().__init__(iterable, **kw)
+
+    def _show(self, data: dict):
+        from IPython.display import display
+        if self._handle is None: self._handle = display(data, raw=True, display_id=True)
+        else: self._handle.update(data, raw=True)
+
+    def display(self, msg=None, pos=None):
+        text = self.format_meter(**self.format_dict) if msg is None else msg
+        self._show({'text/plain': text} if text else {})
+        return True
+
+# %% ../nbs/00_core.ipynb #0326b869
+def _kernel():
+    "The running Jupyter (ipykernel) shell, or None (plain Python, a terminal IPython, nbdev's test shell)."
+    if 'IPython' not in sys.modules: return None
+    from IPython import get_ipython
+    ip = get_ipython()
+    return ip if ip is not None and getattr(ip, 'kernel', None) is not None else None
+
+# %% ../nbs/00_core.ipynb #89ea72d4
+def progress(
+    it=None, # the iterable to wrap (or None, with `total=`)
+    **kw, # tqdm's arguments (`desc`, `total`, `unit`, `leave`, ...)
+):
+    "A progress bar: silent under test, one in-place output in Jupyter (see `NotebookBar`), text on a terminal."
     kw.setdefault('disable', in_test() or None)
+    if _kernel() is not None: return NotebookBar(it, **kw)
     kw.setdefault('dynamic_ncols', True)
     return tqdm(it, **kw)
+
+# %% ../nbs/00_core.ipynb #da1bc337
+_kaleido_state = {'server': False}
+
+def figure_image(
+    fig, # a plotly figure or its dict
+    fmt: str | None = None, # 'svg', 'png' or 'jpeg'; None: JPEG when the figure holds images, else SVG
+    width: int | None = None, # pixels; None: the figure's layout width, else 800
+    height: int | None = None, # pixels; None: the figure's layout height, else 450
+    scale: float = 2.0, # pixel density of PNG (JPEG: at most 1.5); SVG is drawn at 1
+) -> tuple[bytes, str]:
+    "Render a plotly figure (or its dict) offline to (bytes, mime type): SVG for charts, JPEG when it holds images."
+    import plotly.io as pio
+    import kaleido
+    d = json.loads(pio.to_json(fig, validate=False))
+    lay = d.get('layout', {})
+    if fmt is None: fmt = 'jpeg' if any(t.get('type') == 'image' for t in d.get('data', [])) else 'svg'
+    opts = dict(format=fmt, width=width or lay.get('width') or 800, height=height or lay.get('height') or 450,
+                scale={'svg': 1, 'jpeg': min(scale, 1.5)}.get(fmt, scale))
+    if not _kaleido_state['server']:
+        kaleido.start_sync_server(mathjax=False, silence_warnings=True)
+        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+        _kaleido_state['server'] = True
+    return kaleido.calc_fig_sync(d, opts=opts), {'svg': 'image/svg+xml', 'png': 'image/png', 'jpeg': 'image/jpeg'}[fmt]
+
+# %% ../nbs/00_core.ipynb #2c3356a4
+def figure_bundle(
+    fig, # a plotly figure or its dict
+    static: bool | None = None, # add the static image; None: unless under test
+) -> tuple[dict, dict]:
+    "The (data, metadata) a notebook stores for a plotly figure: its plotly JSON and, unless under test, a static image."
+    import plotly.io as pio
+    d = fig if isinstance(fig, dict) else fig.to_dict()
+    data = pio.renderers['plotly_mimetype'].to_mimebundle(d)
+    title = (d.get('layout', {}).get('title') or {}).get('text') or 'plotly figure'
+    data['text/plain'] = f"Figure: {re.sub('<[^>]+>', ' ', title).strip()}"
+    if not (not in_test() if static is None else static): return data, {}
+    try: img, mime = figure_image(d)
+    except Exception as e:
+        warnings.warn(f"figure shown without a static image ({type(e).__name__}: {e}); the docs site cannot show it: "
+                      "pip install 'kaleido>=1.3' and install Chromium (apt-get install chromium)")
+        return data, {}
+    lay = d.get('layout', {})
+    size = {'width': lay.get('width') or 800, 'height': lay.get('height') or 450}
+    data[mime] = img.decode() if mime == 'image/svg+xml' else base64.b64encode(img).decode()
+    return data, ({mime: size} if mime != 'image/svg+xml' else {})
+
+# %% ../nbs/00_core.ipynb #c472215f
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    "`warnings.showwarning` for the report: `Category: message`, without the file path and source line."
+    print(f'{category.__name__}: {message}', file=file or sys.stderr)
+
+# %% ../nbs/00_core.ipynb #fa460305
+def show_figure(
+    fig, # a plotly figure or its dict
+):
+    "Display a plotly figure as `figure_bundle` stores it (what `fig` on a cell's last line does after `report_setup`)."
+    from IPython.display import display
+    data, md = figure_bundle(fig)
+    display(data, metadata=md, raw=True)
+
+# %% ../nbs/00_core.ipynb #47560681
+def report_setup(
+    figures: bool = True, # also route plotly figures through `figure_bundle`
+):
+    "Display settings for the report: plotly figures with static images, 4-digit tables, one-line warnings."
+    import pandas as pd
+    pd.set_option('display.precision', 4)
+    pd.set_option('display.max_columns', 20)
+    pd.set_option('display.max_colwidth', 60)
+    pd.set_option('display.width', 110)
+    np.set_printoptions(precision=4, suppress=True, linewidth=110)
+    warnings.showwarning = _one_line_warning
+    if not figures: return
+    import plotly.io as pio
+    from plotly.io.base_renderers import ExternalRenderer
+    class ReportRenderer(ExternalRenderer):
+        def render(self, fig_dict): show_figure(fig_dict)
+    pio.renderers['shopee_nb'] = ReportRenderer()
+    pio.renderers.default = 'shopee_nb'
+
+# %% ../nbs/00_core.ipynb #ce07440f
+if _kernel() is not None: report_setup()

@@ -21,7 +21,9 @@ __all__ = ['group_sizes', 'fig_group_sizes', 'top_groups', 'fig_top_groups', 'ti
            'fig_top_tokens', 'word_cloud', 'key_agreement']
 
 # %% ../nbs/02_eda.ipynb #41e19278
-def group_sizes(labels) -> pd.DataFrame:
+def group_sizes(
+    labels, # one label_group per posting
+) -> pd.DataFrame:
     "Per group size: how many label groups have it (`groups`) and how many postings they hold (`postings`)."
     _, counts = np.unique(np.asarray(labels), return_counts=True)
     by = np.bincount(counts)
@@ -29,7 +31,10 @@ def group_sizes(labels) -> pd.DataFrame:
     return pd.DataFrame({'size': size, 'groups': by[size], 'postings': by[size]*size})
 
 # %% ../nbs/02_eda.ipynb #66d1b2ad
-def fig_group_sizes(labels, height: int = 360) -> go.Figure:
+def fig_group_sizes(
+    labels, # one label_group per posting
+    height: int = 360, # figure height in pixels
+) -> go.Figure:
     "Bar chart: number of label groups (and postings) per group size."
     gs = group_sizes(labels)
     fig = make_subplots(specs=[[{'secondary_y': True}]])
@@ -41,11 +46,14 @@ def fig_group_sizes(labels, height: int = 360) -> go.Figure:
                       xaxis_title='postings per label group', height=height, template='plotly_white',
                       legend=dict(orientation='h', y=1.12), bargap=0.1)
     fig.update_yaxes(title_text='label groups', secondary_y=False)
-    fig.update_yaxes(title_text='postings', secondary_y=True)
+    fig.update_yaxes(title_text='postings', secondary_y=True, rangemode='tozero')
     return fig
 
 # %% ../nbs/02_eda.ipynb #fef614d7
-def top_groups(df: pd.DataFrame, n: int = 5) -> pd.DataFrame:
+def top_groups(
+    df: pd.DataFrame, # postings with `label_group` and `title`
+    n: int = 5, # how many groups
+) -> pd.DataFrame:
     "The `n` label groups with the most postings, with their most common title."
     vc = df['label_group'].value_counts(sort=True).head(n)
     titles = (df[df['label_group'].isin(vc.index)].groupby('label_group')['title']
@@ -53,11 +61,17 @@ def top_groups(df: pd.DataFrame, n: int = 5) -> pd.DataFrame:
     return pd.DataFrame({'label_group': vc.index, 'postings': vc.to_numpy(),
                          'title': titles.reindex(vc.index).to_numpy()})
 
+# %% ../nbs/02_eda.ipynb #ea5aad8f
 def _short(s: str, n: int = 48) -> str:
     s = str(s)
     return s if len(s) <= n else s[:n-1] + '…'
 
-def fig_top_groups(df: pd.DataFrame, n: int = 5, height: int = 320) -> go.Figure:
+# %% ../nbs/02_eda.ipynb #b21d0368
+def fig_top_groups(
+    df: pd.DataFrame, # postings with `label_group` and `title`
+    n: int = 5, # how many products
+    height: int = 320, # figure height in pixels
+) -> go.Figure:
     "Horizontal bar chart of the `n` products with the most postings."
     t = top_groups(df, n).iloc[::-1]
     fig = go.Figure(go.Bar(x=t['postings'], y=[f"{_short(s)} ({g})" for s, g in zip(t['title'], t['label_group'])],
@@ -70,14 +84,19 @@ def fig_top_groups(df: pd.DataFrame, n: int = 5, height: int = 320) -> go.Figure
 _WORD = re.compile(r'\S+')
 _ALNUM = re.compile(r'[^\W_]', re.UNICODE)
 
-def title_stats(titles) -> pd.DataFrame:
+def title_stats(
+    titles, # posting titles (None/NaN count as empty)
+) -> pd.DataFrame:
     "Per title: `length` (characters), `words` (white-space separated) and `chars` (letters and digits)."
     t = pd.Series(list(titles), dtype=object).fillna('').astype(str)
     return pd.DataFrame({'length': t.str.len().to_numpy(), 'words': t.str.count(_WORD.pattern).to_numpy(),
                          'chars': t.str.count(_ALNUM.pattern).to_numpy()})
 
-# %% ../nbs/02_eda.ipynb #ae05e1a5
-def binned(values, max_bins: int = 60) -> tuple[np.ndarray, np.ndarray]:
+# %% ../nbs/02_eda.ipynb #04a87036
+def binned(
+    values, # integers
+    max_bins: int = 60, # widen the bins until there are at most this many
+) -> tuple[np.ndarray, np.ndarray]:
     "Integer-width histogram of `values`: (left edges, counts), at most `max_bins` bins."
     v = np.asarray(values, dtype=np.int64)
     if v.size == 0: return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -86,7 +105,12 @@ def binned(values, max_bins: int = 60) -> tuple[np.ndarray, np.ndarray]:
     counts = np.bincount((v - lo)//width)
     return lo + width*np.arange(len(counts)), counts
 
-def fig_title_stats(titles, max_bins: int = 60, height: int = 330) -> go.Figure:
+# %% ../nbs/02_eda.ipynb #493a666c
+def fig_title_stats(
+    titles, # posting titles
+    max_bins: int = 60, # bins per histogram, at most
+    height: int = 330, # figure height in pixels
+) -> go.Figure:
     "Three histograms (from binned counts): title length, word count and letter/digit count."
     st = title_stats(titles)
     names = {'length': 'characters per title', 'words': 'words per title', 'chars': 'letters + digits per title'}
@@ -107,7 +131,12 @@ def _jpeg_uri(im: Image.Image, quality: int = 80) -> str:
     buf = io.BytesIO(); im.convert('RGB').save(buf, 'JPEG', quality=quality, optimize=True)
     return 'data:image/jpeg;base64,' + base64.b64encode(buf.getvalue()).decode()
 
-def fig_image(im: Image.Image, title: str = '', quality: int = 80) -> go.Figure:
+# %% ../nbs/02_eda.ipynb #ce937df6
+def fig_image(
+    im: Image.Image, # the picture
+    title: str = '', # figure title (HTML allowed, e.g. `<sup>`)
+    quality: int = 80, # JPEG quality of the embedded picture
+) -> go.Figure:
     "A PIL image as a small plotly figure (embedded as JPEG), axes hidden."
     w, h = im.size
     fig = go.Figure(go.Image(source=_jpeg_uri(im, quality), hoverinfo='skip'))
@@ -116,7 +145,14 @@ def fig_image(im: Image.Image, title: str = '', quality: int = 80) -> go.Figure:
                       margin=dict(l=10, r=10, t=50 if title else 10, b=10), template='plotly_white')
     return fig
 
-def fig_images(rows: pd.DataFrame, title: str = '', ncols: int = 6, size: int = 96, caption: int = 16) -> go.Figure:
+# %% ../nbs/02_eda.ipynb #cf9441b5
+def fig_images(
+    rows: pd.DataFrame, # postings with `title` and (optionally) `image_path` ('' when absent)
+    title: str = '', # figure title
+    ncols: int = 6, # thumbnails per row
+    size: int = 96, # thumbnail side in pixels
+    caption: int = 16, # characters of each title shown under its tile
+) -> go.Figure:
     "Thumbnails of the postings `rows` (absent files as labelled grey tiles), captioned with their titles."
     rows = rows.reset_index(drop=True)
     if len(rows) == 0: raise ValueError("fig_images: no postings to show (the selection is empty)")
@@ -134,13 +170,19 @@ def fig_images(rows: pd.DataFrame, title: str = '', ncols: int = 6, size: int = 
     return fig
 
 # %% ../nbs/02_eda.ipynb #7b567080
-def random_postings(df: pd.DataFrame, n: int = 12, seed: int = 0, present_first: bool = True) -> pd.DataFrame:
+def random_postings(
+    df: pd.DataFrame, # postings
+    n: int = 12, # how many
+    seed: int = 0, # random seed
+    present_first: bool = True, # put postings whose image is on disk (`has_image`) first
+) -> pd.DataFrame:
     "`n` random postings; with `present_first`, those whose image exists come first."
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(df))
     if present_first and 'has_image' in df: order = order[np.argsort(~df['has_image'].to_numpy()[order], kind='stable')]
     return df.iloc[order[:n]]
 
+# %% ../nbs/02_eda.ipynb #a806107a
 def _best_key(df, col):
     "The value of `col` shared by several postings (if any is) with the most images on disk, then the most postings."
     if len(df) == 0: raise ValueError("no postings to choose from")
@@ -149,14 +191,24 @@ def _best_key(df, col):
     g['shared'] = g['size'] > 1
     return g.sort_values(['shared', 'sum', 'size'], ascending=False).index[0]
 
-def group_postings(df: pd.DataFrame, label=None, n: int = 12) -> pd.DataFrame:
+# %% ../nbs/02_eda.ipynb #0bf77452
+def group_postings(
+    df: pd.DataFrame, # postings with `label_group`
+    label=None, # the label group; None: the group with the most images on disk
+    n: int = 12, # at most this many postings
+) -> pd.DataFrame:
     "The postings of label group `label` (default: the group with the most images on disk)."
     label = _best_key(df, 'label_group') if label is None else label
     out = df[df['label_group'] == label]
     if len(out) == 0: raise ValueError(f"label_group {label!r} has no postings")
     return out.head(n)
 
-def title_postings(df: pd.DataFrame, title: str | None = None, n: int = 12) -> pd.DataFrame:
+# %% ../nbs/02_eda.ipynb #ff12c23b
+def title_postings(
+    df: pd.DataFrame, # postings with `title`
+    title: str | None = None, # the exact title; None: a shared title with the most images on disk
+    n: int = 12, # at most this many postings
+) -> pd.DataFrame:
     "The postings whose title is exactly `title` (default: a shared title with the most images on disk; any title if none is shared)."
     title = _best_key(df, 'title') if title is None else title
     out = df[df['title'] == title]
@@ -167,7 +219,11 @@ def title_postings(df: pd.DataFrame, title: str | None = None, n: int = 12) -> p
 _TOKEN = re.compile(r'[^\W_]+', re.UNICODE)
 _ESCAPES = re.compile(r'(?:\\x[0-9a-fA-F]{2})+')
 
-def token_counts(titles, min_len: int = 2, stop: set | None = None) -> Counter:
+def token_counts(
+    titles, # posting titles
+    min_len: int = 2, # shortest token counted, in characters
+    stop: set | None = None, # tokens not counted
+) -> Counter:
     "Counts of lower-cased letter/digit tokens of at least `min_len` characters, minus `stop`."
     stop = set(stop or ())
     c = Counter()
@@ -175,7 +231,13 @@ def token_counts(titles, min_len: int = 2, stop: set | None = None) -> Counter:
         c.update(w for w in _TOKEN.findall(_ESCAPES.sub(' ', str(t)).lower()) if len(w) >= min_len and w not in stop)
     return c
 
-def fig_top_tokens(titles, n: int = 25, stop: set | None = None, height: int = 420) -> go.Figure:
+# %% ../nbs/02_eda.ipynb #2fa08071
+def fig_top_tokens(
+    titles, # posting titles
+    n: int = 25, # how many tokens
+    stop: set | None = None, # tokens not counted
+    height: int = 420, # figure height in pixels
+) -> go.Figure:
     "Bar chart of the `n` most frequent tokens."
     top = token_counts(titles, stop=stop).most_common(n)[::-1]
     fig = go.Figure(go.Bar(x=[c for _, c in top], y=[w for w, _ in top], orientation='h', marker_color='#B279A2'))
@@ -183,8 +245,15 @@ def fig_top_tokens(titles, n: int = 25, stop: set | None = None, height: int = 4
                       template='plotly_white', margin=dict(l=10))
     return fig
 
-def word_cloud(titles, width: int = 480, height: int = 240, max_words: int = 120, stop: set | None = None,
-               seed: int = 0) -> Image.Image:
+# %% ../nbs/02_eda.ipynb #177f9c96
+def word_cloud(
+    titles, # posting titles
+    width: int = 480, # image width in pixels
+    height: int = 240, # image height in pixels
+    max_words: int = 120, # words drawn, at most
+    stop: set | None = None, # tokens left out
+    seed: int = 0, # layout seed
+) -> Image.Image:
     "A word cloud (PIL image) of the title tokens."
     from wordcloud import WordCloud
     c = token_counts(titles, stop=stop)
@@ -197,7 +266,11 @@ def _pairs(codes) -> int:
     n = np.bincount(codes)
     return int((n*(n - 1)//2).sum())
 
-def key_agreement(df: pd.DataFrame, keys=('image_phash', 'image', 'title')) -> pd.DataFrame:
+# %% ../nbs/02_eda.ipynb #26242159
+def key_agreement(
+    df: pd.DataFrame, # labelled postings
+    keys=('image_phash', 'image', 'title'), # columns to test as matching keys
+) -> pd.DataFrame:
     "Per key column: postings sharing it, pair precision/recall against `label_group`, and match F1."
     lab = pd.factorize(df['label_group'])[0]
     same = _pairs(lab)
