@@ -24,11 +24,12 @@ __all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'DEFAULT_STEPS', 'DEF
            'POOLS', 'View', 'encode_view', 'view_neighbours', 'StepEntry', 'register_step', 'step_entry', 'Context',
            'blend_rows', 'blend_step', 'candidate_pairs', 'pair_cosine', 'neighbour_lookup', 'view_similarity',
            'base_features', 'pagerank', 'graph_step', 'quantities', 'units_step', 'pool_context', 'register_scorer',
-           'GBDTScorer', 'LogisticScorer', 'create_scorer', 'pairs_to_csr', 'f1_curve', 'PoolRule', 'Member',
-           'MatchModel', 'load_model', 'data_modalities', 'fit_specs', 'keyed_state', 'fit_encoders', 'Pool',
-           'make_pool', 'pool_rows', 'validation_pools', 'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule',
-           'photo_folds', 'member_name', 'title_vocabulary', 'fit_model', 'curves_at', 'usable_members',
-           'match_postings', 'transfer_warnings', 'merge_models', 'default_model']
+           'GBDTScorer', 'LogisticScorer', 'create_scorer', 'pairs_to_csr', 'cluster_step', 'decide', 'f1_curve',
+           'PoolRule', 'Member', 'MatchModel', 'load_model', 'data_modalities', 'fit_specs', 'keyed_state',
+           'fit_encoders', 'Pool', 'make_pool', 'pool_rows', 'validation_pools', 'oof_scores', 'oof_curves', 'fit_rule',
+           'heldout_scores', 'choose_rule', 'matches_step_gains', 'photo_folds', 'member_name', 'title_vocabulary',
+           'fit_model', 'curves_at', 'usable_members', 'match_postings', 'transfer_warnings', 'merge_models',
+           'default_model']
 
 # %% ../nbs/08_ensemble.ipynb #93fad84a
 @dataclass
@@ -87,15 +88,15 @@ class StepEntry:
     "One registered step: its name in specs, the stage it acts on, and its function."
     name: str     # the name in specs
     fn: object    # the function; its keyword arguments are the step's parameters
-    stage: str    # 'views' or 'features'
+    stage: str    # 'views', 'features' or 'matches'
     doc: str = '' # one line for the docs
 
 STEPS: dict[str, StepEntry] = {}
-STAGES = ('views', 'features')
+STAGES = ('views', 'features', 'matches')
 
 def register_step(name:str, # the name in specs
                   fn, # the function: `fn(ctx, **params)`
-                  stage:str, # 'views' or 'features'
+                  stage:str, # 'views', 'features' or 'matches'
                   doc:str='', # one line for the docs
                  ) -> StepEntry:
     "Register a pipeline step once, by name."
@@ -355,7 +356,7 @@ def pool_context(df:pd.DataFrame, # the postings matched together
         if v.modality != 'phash' and v.available.sum() > 1: ctx.nbs[v.name] = view_neighbours(v, k)
     ctx.views = [v for v in ctx.views if v.modality == 'phash' or v.name in ctx.nbs]
     timings['neighbours'] = timings.get('neighbours', 0) + time.perf_counter() - t0
-    for stage in STAGES:
+    for stage in STAGES[:2]:
         if stage == 'features':
             t0 = time.perf_counter()
             ctx.I, ctx.J = candidate_pairs(ctx, max_dist)
@@ -409,7 +410,7 @@ class GBDTScorer:
         ds = lgb.Dataset(_matrix(F, self.features)[rows], y[rows].astype(np.float32), weight=w,
                          feature_name=[f'f{i}' for i in range(len(self.features))], free_raw_data=True)
         cfg = dict(objective='binary', num_leaves=p['num_leaves'], learning_rate=p['learning_rate'],
-                   min_child_samples=p['min_child_samples'], feature_fraction=p['feature_fraction'],
+                   min_child_samples=min(p['min_child_samples'], max(5, int(y.sum()) // 20)),   # small data: smaller leaves feature_fraction=p['feature_fraction'],
                    bagging_fraction=p['bagging_fraction'], bagging_freq=1, seed=p['seed'],
                    num_threads=_threads(p['threads']), verbose=-1, deterministic=True, force_row_wise=True)
         self.booster = lgb.train(cfg, ds, num_boost_round=p['n_estimators'])
@@ -551,6 +552,73 @@ def _selected(n, I, J, score, threshold, min2, best=None) -> np.ndarray:
     sel = sel.copy()
     sel[add] = True
     return sel
+
+# %% ../nbs/08_ensemble.ipynb #5ee33abb
+def cluster_step(M:sp.csr_matrix, # thresholded match sets
+                 I, J, score, # the scored pairs
+                 threshold:float, # the decision threshold
+                 margin:float=0.2, # components are built from pairs scoring above threshold * (1 - margin)
+                 max_size:int=50, # largest cluster kept as a match set
+                 max_component:int=300, # larger components keep their thresholded match sets
+                ) -> sp.csr_matrix:
+    "Average-linkage clustering of each component of the pair graph, cut at the threshold; clusters become match sets."
+    from scipy.sparse.csgraph import connected_components
+    from scipy.cluster.hierarchy import linkage, fcluster
+    n = M.shape[0]
+    near = np.flatnonzero(np.nan_to_num(score, nan=-1) >= threshold * (1 - margin))
+    G = sp.csr_matrix((np.ones(len(near)), (I[near], J[near])), shape=(n, n))
+    _, comp = connected_components(G, directed=False)
+    sizes = np.bincount(comp)
+    order = np.argsort(comp[I[near]], kind='stable')
+    pc = comp[I[near]][order]
+    starts = np.searchsorted(pc, np.arange(len(sizes)))
+    ends = np.searchsorted(pc, np.arange(len(sizes)), side='right')
+    rows, cols, done = [], [], np.zeros(n, bool)
+    for c in np.flatnonzero((sizes >= 2) & (sizes <= max_component)):
+        members = np.flatnonzero(comp == c)
+        local = {p: i for i, p in enumerate(members)}
+        pairs = near[order[starts[c]:ends[c]]]
+        D = np.ones((len(members), len(members)))
+        a, b = [local[x] for x in I[pairs]], [local[x] for x in J[pairs]]
+        D[a, b] = D[b, a] = 1 - np.clip(score[pairs], 0, 1)
+        np.fill_diagonal(D, 0)
+        labels = fcluster(linkage(D[np.triu_indices(len(members), 1)], 'average'), 1 - threshold, 'distance')
+        for lab in np.unique(labels):
+            g = members[labels == lab]
+            if len(g) > max_size: continue
+            rows.append(np.repeat(g, len(g))); cols.append(np.tile(g, len(g)))
+            done[g] = True
+    keep = ~done[np.repeat(np.arange(n), np.diff(M.indptr))]
+    r = np.r_[np.repeat(np.arange(n), np.diff(M.indptr))[keep], *rows]
+    c = np.r_[M.indices[keep], *cols]
+    return sp.csr_matrix((np.ones(len(r), bool), (r, c)), shape=(n, n))
+
+register_step('cluster', cluster_step, 'matches', 'size-aware average-linkage clustering of the pair graph, cut at the threshold')
+
+# %% ../nbs/08_ensemble.ipynb #0d215692
+def decide(n:int, I, J, score, # scored candidate pairs of n postings
+           threshold:float, # pairs at or above it match
+           min2:float|None=None, # the min2 threshold
+           steps:list=(), # step specs; those of the `matches` stage are applied in order
+          ) -> sp.csr_matrix:
+    "Match sets: thresholded pairs (with min2), then the `matches` steps."
+    M = pairs_to_csr(n, I, J, score, threshold, min2)
+    for s in steps:
+        e = step_entry(s['name'])
+        if e.stage == 'matches': M = e.fn(M, I, J, score, threshold, **s.get('params', {}))
+    return _cap_rows(M)
+
+# %% ../nbs/08_ensemble.ipynb #5c5c9c73
+def _cap_rows(M:sp.csr_matrix, cap:int=50) -> sp.csr_matrix:
+    "At most `cap` matches per posting, itself first (a `matches` step may have grown a set past the cap)."
+    M = M.tocsr()
+    if np.diff(M.indptr).max(initial=0) <= cap: return M
+    r = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
+    first = r == M.indices
+    o = np.lexsort((~first, r))
+    pos = np.arange(len(r)) - np.searchsorted(r[o], r[o])
+    keep = o[pos < cap]
+    return sp.csr_matrix((np.ones(len(keep), bool), (r[keep], M.indices[keep])), shape=M.shape)
 
 # %% ../nbs/08_ensemble.ipynb #80651a6d
 def f1_curve(n:int, # postings in the pool
@@ -766,7 +834,7 @@ def build_encoder(self:MatchModel, name:str) -> Encoder:
 
 # %% ../nbs/08_ensemble.ipynb #90a41838
 DEFAULT_STEPS = [dict(name='blend', params=dict(k=5, alpha=2.0, iterations=1)), dict(name='graph', params={}),
-                 dict(name='units', params={})]
+                 dict(name='units', params={}), dict(name='cluster', params={})]
 DEFAULT_SCORER = dict(name='gbdt', params={})
 THRESHOLDS = np.round(np.arange(0.02, 0.99, 0.01), 3)
 MIN2_OFFSETS = (None, 0.1, 0.2, 0.3)
@@ -884,20 +952,31 @@ def validation_pools(df:pd.DataFrame, folds:np.ndarray, fold_encs:dict, steps:li
     return pools
 
 # %% ../nbs/08_ensemble.ipynb #14b9a136
-def oof_curves(pools:list, scorer_spec:dict, min2_offsets=MIN2_OFFSETS) -> pd.DataFrame:
-    "For each pool, F1 over the thresholds (and min2 offsets), scored by a scorer trained on the other folds' largest pools."
+def oof_scores(pools:list, # validation pools of every fold
+               scorer_spec:dict, # the scorer to train
+               features=None, # a predicate on feature names (default: every feature)
+              ) -> list:
+    "For each pool, its pairs' probabilities from a scorer trained on the other folds' largest pools."
     folds = sorted({p.fold for p in pools})
     largest = {f: max((p for p in pools if p.fold == f), key=lambda p: p.n) for f in folds}
-    rows = []
+    keep = lambda F: {k: v for k, v in F.items() if features is None or features(k)}
+    out = [None] * len(pools)
     for f in progress(folds, desc='out-of-fold scorers'):
         train = [largest[g] for g in folds if g != f]
-        F = {k: np.concatenate([p.F[k] for p in train]) for k in train[0].F}
+        F = {k: np.concatenate([p.F[k] for p in train]) for k in keep(train[0].F)}
         scorer = create_scorer(scorer_spec['name'], **scorer_spec.get('params', {})).fit(F, np.concatenate([p.y for p in train]))
-        for p in [p for p in pools if p.fold == f]:
-            s = scorer.predict(p.F)
-            for off in min2_offsets:
-                c = f1_curve(p.n, p.I, p.J, s, p.labels, np.arange(p.n_scored), THRESHOLDS, off)
-                rows.append(c.assign(fold=f, pool=p.n, scored=p.n_scored, min2_offset=np.nan if off is None else off))
+        for i, p in enumerate(pools):
+            if p.fold == f: out[i] = scorer.predict(keep(p.F))
+    return out
+
+# %% ../nbs/08_ensemble.ipynb #a8306536
+def oof_curves(pools:list, scores:list, min2_offsets=MIN2_OFFSETS) -> pd.DataFrame:
+    "F1 over the thresholds (and min2 offsets) of every pool's held-out postings, from out-of-fold scores."
+    rows = []
+    for p, s in zip(pools, scores):
+        for off in min2_offsets:
+            c = f1_curve(p.n, p.I, p.J, s, p.labels, np.arange(p.n_scored), THRESHOLDS, off)
+            rows.append(c.assign(fold=p.fold, pool=p.n, scored=p.n_scored, min2_offset=np.nan if off is None else off))
     return pd.concat(rows, ignore_index=True)
 
 # %% ../nbs/08_ensemble.ipynb #ce8a3731
@@ -935,6 +1014,21 @@ def choose_rule(curves:pd.DataFrame) -> tuple[PoolRule, pd.DataFrame]:
     rule = fit_rule(curves, best[1])
     rule.f1_a, rule.f1_b = _line(table['pool'], table['f1'])
     return rule, table
+
+# %% ../nbs/08_ensemble.ipynb #ac6ccca4
+def matches_step_gains(pools:list, scores:list, rule:PoolRule, steps:list) -> pd.DataFrame:
+    "Held-out F1 at each fold's largest pool without and with each `matches` step (the rule fitted on the other folds)."
+    rows = []
+    for f in sorted({p.fold for p in pools}):
+        i = max((i for i, p in enumerate(pools) if p.fold == f), key=lambda i: pools[i].n)
+        p, sc = pools[i], scores[i]
+        t = rule.threshold(p.n)
+        m2 = None if rule.min2_offset is None else t - rule.min2_offset
+        base = csr_metrics(decide(p.n, p.I, p.J, sc, t, m2), p.labels, rows=np.arange(p.n_scored))['f1']
+        for st in [st for st in steps if step_entry(st['name']).stage == 'matches']:
+            f1 = csr_metrics(decide(p.n, p.I, p.J, sc, t, m2, [st]), p.labels, rows=np.arange(p.n_scored))['f1']
+            rows.append(dict(fold=f, step=st['name'], without=base, With=f1))
+    return pd.DataFrame(rows, columns=['fold', 'step', 'without', 'With'])
 
 # %% ../nbs/08_ensemble.ipynb #f6e816c4
 def photo_folds(labels, # label_group of every posting
@@ -1004,8 +1098,12 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
     with _timed(times, 'validation pools'):
         pools = validation_pools(df, folds, fold_encs, steps, split, cfg)
     with _timed(times, 'out-of-fold scoring'):
-        curves = oof_curves(pools, scorer)
+        scores = oof_scores(pools, scorer)
+        curves = oof_curves(pools, scores)
         rule, table = choose_rule(curves)
+        gains = matches_step_gains(pools, scores, rule, steps)
+    kept = set(gains.groupby('step').apply(lambda g: (g['With'] - g['without']).mean() > 0.001).pipe(lambda x: x[x].index))
+    steps = [st for st in steps if step_entry(st['name']).stage != 'matches' or st['name'] in kept]
     with _timed(times, 'final scorer'):
         largest = [max((p for p in pools if p.fold == f), key=lambda p: p.n) for f in range(n_folds)]
         F = {k: np.concatenate([p.F[k] for p in largest]) for k in largest[0].F}
@@ -1017,7 +1115,7 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
     size = curves_at(curves, table)
     cv = dict(pool_size=int(round(top['pool'].mean())), f1=float(top['f1'].mean()), precision=float(top['precision'].mean()),
               recall=float(top['recall'].mean()), mean_matches=size, n_folds=n_folds, split=split,
-              table=table.round(4).to_dict('records'))
+              table=table.round(4).to_dict('records'), matches_steps=gains.round(4).to_dict('records'))
     member = Member(name, [s['name'] for s in specs], final, sspec, rule, cv)
     enc_specs = [{**e.spec(), 'folder': f'encoders/{e.name}'} for e in final_encs]
     meta = dict(profile=cfg.profile, n_postings=len(df), k=cfg.k, max_dist=cfg.phash_max_dist, data=key['data'],
@@ -1069,7 +1167,7 @@ def match_postings(df:pd.DataFrame, # validated postings (label_group, if any, i
     with _timed(timings, 'score pairs + match sets'):
         rel = np.max([m.scorer.predict(ctx.F) - m.rule.threshold(n) for m in members], 0)
         offs = [m.rule.min2_offset for m in members if m.rule.min2_offset is not None]
-        M = pairs_to_csr(n, ctx.I, ctx.J, rel, 0.0, min2=-min(offs) if offs else None)
+        M = decide(n, ctx.I, ctx.J, rel, 0.0, -min(offs) if offs else None, model.steps)
     info = dict(n=n, members=[m.name for m in members], expected_f1={m.name: m.rule.expected_f1(n) for m in members},
                 thresholds={m.name: m.rule.threshold(n) for m in members})
     transfer_warnings(df, M, model, members, log)
