@@ -847,15 +847,38 @@ register_encoder('model1-text', Model1TextEncoder, 'text',
 
 # %% ../nbs/06_embeddings.ipynb #dbc569e8
 class Model2Encoder(Encoder):
-    "Model 2 (chapter 05, PyTorch/timm) as a trainable encoder (being written: issue 11)."
+    "Model 2 (chapter 05, PyTorch/timm): backbone -> [Mish] -> pool -> dropout -> fc -> BN, fine-tuned with ArcFace."
     modality, trainable = 'image', True
-    defaults = dict(backbone='efficientnet_lite0', pretrained='package', mish=False, img_size=224, epochs=4, batch_size=32)
+    defaults = dict(backbone='efficientnet_lite0', pretrained='package', mish=False, img_size=224, fc_dim=512,
+                    dropout=0.1, epochs=4, batch_size=32, lr=1e-3, head_lr_mult=10.0, weight_decay=1e-4,
+                    warmup_epochs=1, clip_norm=1.0, train_last=4, aug='strong', seed=42, arc_s=30.0,
+                    margin_start=0.2, margin=0.6, margin_warmup_epochs=None, adaptive_margin=False,
+                    adaptive_power=-0.1, label_smoothing=0.0, tta='flip', store='trained', dtype='float16')
+
+    def _fit(self, df, folder, cfg):
+        from shopee_nb.nfnet_torch import fit_encoder
+        return fit_encoder(df, folder, self.params, cfg)
+
+    def _load(self):
+        if self._model is None:
+            if self.folder is None or not self.weights:
+                raise ValueError(f"encoder {self.name!r} has no weights yet: fit it, or load a fitted folder")
+            from shopee_nb.nfnet_torch import load_model
+            self._model = load_model(child_path(self.folder, next(iter(self.weights))))
+        return self._model
+
+    def encode_items(self, items):
+        from shopee_nb.nfnet_torch import encode_paths
+        return encode_paths(self._load(), list(items), self.img_size, self.tta, name=self.name)
 
 # %% ../nbs/06_embeddings.ipynb #7a6ba97c
 register_encoder('model2', Model2Encoder, 'image',
-                 profiles={'smoke': dict(backbone='efficientnet_lite0', pretrained=None, img_size=64, epochs=1, batch_size=8),
-                           'cpu': dict(backbone='efficientnet_lite0', pretrained='package', img_size=224, epochs=4),
-                           'gpu': dict(backbone='eca_nfnet_l0', pretrained='timm', mish=True, img_size=512, epochs=10)},
+                 profiles={'smoke': dict(pretrained=None, img_size=32, fc_dim=32, epochs=2, batch_size=8, train_last=None,
+                                         aug='light', tta='none', store='full', dtype='float32'),
+                           'cpu': dict(),
+                           'gpu': dict(backbone='eca_nfnet_l0', pretrained='timm', mish=True, img_size=512, epochs=25,
+                                       batch_size=16, lr=1e-4, warmup_epochs=3, margin=1.0, train_last=None,
+                                       store='full', dtype='float32')},
                  doc='Model 2 (PyTorch/timm): backbone -> [Mish] -> pool -> dropout -> fc -> BN, trained end to end with ArcFace')
 
 # %% ../nbs/06_embeddings.ipynb #db18d8bb

