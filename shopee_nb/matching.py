@@ -116,15 +116,6 @@ class PhashEncoder(Encoder):
     def available(self, df):
         return phash_to_uint64(df['image_phash'])[1]
 
-# %% ../nbs/07_knn_tfidf.ipynb #30ce8f60
-_ALL_PROFILES = ('smoke', 'cpu', 'gpu')
-register_encoder('tfidf-word', TfidfEncoder, 'text', params=dict(kind='word'), profiles={p: {} for p in _ALL_PROFILES},
-                 doc='word TF-IDF of the titles (binary, English stop words), fitted on the postings being matched')
-register_encoder('tfidf-char', TfidfEncoder, 'text', params=dict(kind='char'), profiles={p: {} for p in _ALL_PROFILES},
-                 doc='character 3-4-gram TF-IDF of the titles, fitted on the postings being matched')
-register_encoder('phash', PhashEncoder, 'phash', profiles={p: dict(max_dist=0) for p in _ALL_PROFILES},
-                 doc='the perceptual hash of the photo: identical (or near) hashes are candidate pairs')
-
 # %% ../nbs/07_knn_tfidf.ipynb #02eff453
 def _csr_to_neighbours(C: sp.csr_matrix, k: int) -> Neighbours:
     "Top-k CSR rows (unsorted) to padded, sorted `Neighbours`."
