@@ -20,16 +20,16 @@ from .embeddings import (Encoder, embed, l2_normalize, create_encoder, encoder_e
 from .matching import Neighbours, topk_cosine, phash_pairs, hamming, csr_metrics
 
 # %% auto #0
-__all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'DEFAULT_STEPS', 'DEFAULT_SCORER', 'THRESHOLDS', 'MIN2_OFFSETS',
-           'POOLS', 'View', 'encode_view', 'view_neighbours', 'StepEntry', 'register_step', 'step_entry', 'Context',
-           'blend_rows', 'blend_step', 'candidate_pairs', 'pair_cosine', 'neighbour_lookup', 'view_similarity',
-           'base_features', 'pagerank', 'graph_step', 'quantities', 'units_step', 'pool_context', 'register_scorer',
-           'GBDTScorer', 'LogisticScorer', 'create_scorer', 'pairs_to_csr', 'cluster_step', 'decide', 'f1_curve',
-           'PoolRule', 'Member', 'MatchModel', 'load_model', 'data_modalities', 'fit_specs', 'keyed_state',
+__all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'DEFAULT_STEPS', 'DEFAULT_SCORER', 'SMALL_DATA_PAIRS', 'THRESHOLDS',
+           'MIN2_OFFSETS', 'POOLS', 'View', 'encode_view', 'view_neighbours', 'StepEntry', 'register_step',
+           'step_entry', 'Context', 'blend_rows', 'blend_step', 'candidate_pairs', 'pair_cosine', 'neighbour_lookup',
+           'view_similarity', 'base_features', 'pagerank', 'graph_step', 'quantities', 'units_step', 'pool_context',
+           'register_scorer', 'GBDTScorer', 'LogisticScorer', 'create_scorer', 'pairs_to_csr', 'cluster_step', 'decide',
+           'f1_curve', 'PoolRule', 'Member', 'MatchModel', 'load_model', 'data_modalities', 'fit_specs', 'keyed_state',
            'fit_encoders', 'Pool', 'make_pool', 'pool_rows', 'validation_pools', 'oof_scores', 'oof_curves', 'fit_rule',
-           'heldout_scores', 'choose_rule', 'matches_step_gains', 'photo_folds', 'member_name', 'title_vocabulary',
-           'fit_model', 'curves_at', 'usable_members', 'match_postings', 'transfer_warnings', 'merge_models',
-           'default_model']
+           'heldout_scores', 'choose_rule', 'best_scorer', 'matches_step_gains', 'photo_folds', 'member_name',
+           'title_vocabulary', 'fit_model', 'curves_at', 'usable_members', 'match_postings', 'transfer_warnings',
+           'merge_models', 'default_model']
 
 # %% ../nbs/08_ensemble.ipynb #93fad84a
 @dataclass
@@ -835,7 +835,8 @@ def build_encoder(self:MatchModel, name:str) -> Encoder:
 # %% ../nbs/08_ensemble.ipynb #90a41838
 DEFAULT_STEPS = [dict(name='blend', params=dict(k=5, alpha=2.0, iterations=1)), dict(name='graph', params={}),
                  dict(name='units', params={}), dict(name='cluster', params={})]
-DEFAULT_SCORER = dict(name='gbdt', params={})
+DEFAULT_SCORER = dict(name='auto', params={})
+SMALL_DATA_PAIRS = 20_000   # below this many matching pairs, 'auto' also tries the logistic scorer
 THRESHOLDS = np.round(np.arange(0.02, 0.99, 0.01), 3)
 MIN2_OFFSETS = (None, 0.1, 0.2, 0.3)
 POOLS = ((0.4, 0.0), (1.0, 0.0), (1.0, 0.5), (1.0, 1.0))   # (share of the held-out fold scored, share of the other folds added as distractors)
@@ -1015,6 +1016,30 @@ def choose_rule(curves:pd.DataFrame) -> tuple[PoolRule, pd.DataFrame]:
     rule.f1_a, rule.f1_b = _line(table['pool'], table['f1'])
     return rule, table
 
+# %% ../nbs/08_ensemble.ipynb #55edd39e
+def _deployment_f1(table:pd.DataFrame) -> float:
+    "Mean held-out F1 at each fold's largest pool."
+    return float(table.loc[table.groupby('fold')['pool'].idxmax(), 'f1'].mean())
+
+def best_scorer(pools:list, # validation pools
+                scorer:dict, # a scorer spec, or {'name': 'auto'}
+                log=print,
+               ) -> tuple:
+    "Out-of-fold scores, curves and pool rule of the scorer; 'auto' tries gbdt, and on small data logistic too, and keeps the better."
+    names = [scorer]
+    if scorer['name'] == 'auto':
+        folds = sorted({p.fold for p in pools})
+        positives = sum(int(max((p for p in pools if p.fold == f), key=lambda p: p.n).y.sum()) for f in folds)
+        names = [dict(name='gbdt', params={})] + ([dict(name='logistic', params={})] if positives < SMALL_DATA_PAIRS else [])
+    best = None
+    for sc in names:
+        scores = oof_scores(pools, sc)
+        curves = oof_curves(pools, scores)
+        rule, table = choose_rule(curves)
+        if best is None or _deployment_f1(table) > _deployment_f1(best[4]) + 1e-9: best = (sc, scores, curves, rule, table)
+    if len(names) > 1: log(f"scorer: {best[0]['name']} (held-out F1 {_deployment_f1(best[4]):.4f}; tried {', '.join(n['name'] for n in names)})")
+    return best
+
 # %% ../nbs/08_ensemble.ipynb #ac6ccca4
 def matches_step_gains(pools:list, scores:list, rule:PoolRule, steps:list) -> pd.DataFrame:
     "Held-out F1 at each fold's largest pool without and with each `matches` step (the rule fitted on the other folds)."
@@ -1088,6 +1113,9 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
     key = dict(data=postings_fingerprint(df), encoders=specs, steps=steps, scorer=scorer, n_folds=n_folds, split=split,
                seed=cfg.seed, k=cfg.k, max_dist=cfg.phash_max_dist, version=2)
     state = keyed_state(out/'state', key, log)
+    if (state/'done').is_file() and (out/'model.json').is_file():
+        log(f"{out} already holds this fit (same data and settings): nothing to do")
+        return load_model(out)
     lab = df['label_group'].to_numpy()
     folds = make_folds(lab, n_splits=n_folds, seed=cfg.seed) if split == 'group' else photo_folds(lab, n_folds, cfg.seed)
     times = {}
@@ -1098,9 +1126,7 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
     with _timed(times, 'validation pools'):
         pools = validation_pools(df, folds, fold_encs, steps, split, cfg)
     with _timed(times, 'out-of-fold scoring'):
-        scores = oof_scores(pools, scorer)
-        curves = oof_curves(pools, scores)
-        rule, table = choose_rule(curves)
+        scorer, scores, curves, rule, table = best_scorer(pools, scorer, log)
         gains = matches_step_gains(pools, scores, rule, steps)
     kept = set(gains.groupby('step').apply(lambda g: (g['With'] - g['without']).mean() > 0.001).pipe(lambda x: x[x].index))
     steps = [st for st in steps if step_entry(st['name']).stage != 'matches' or st['name'] in kept]
@@ -1122,6 +1148,7 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
                 vocab=title_vocabulary(df['title']), times={k: round(v, 1) for k, v in times.items()})
     model = MatchModel(enc_specs, [member], steps, meta).save(out)
     with atomic_write(out/'cv_curves.csv', 'w') as f: curves.to_csv(f, index=False)
+    (state/'done').write_text('ok')
     log(f"held-out F1 {cv['f1']:.4f} (precision {cv['precision']:.4f}, recall {cv['recall']:.4f}) with the held-out fold matched among {cv['pool_size']:,} postings")
     return load_model(out)
 
