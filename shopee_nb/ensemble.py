@@ -21,15 +21,17 @@ from .matching import Neighbours, topk_cosine, phash_pairs, hamming, csr_metrics
 
 # %% auto #0
 __all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'DEFAULT_STEPS', 'DEFAULT_SCORER', 'SMALL_DATA_PAIRS', 'THRESHOLDS',
-           'MIN2_OFFSETS', 'POOLS', 'View', 'encode_view', 'view_neighbours', 'StepEntry', 'register_step',
-           'step_entry', 'Context', 'blend_rows', 'blend_step', 'candidate_pairs', 'pair_cosine', 'neighbour_lookup',
-           'view_similarity', 'base_features', 'pagerank', 'graph_step', 'quantities', 'units_step', 'pool_context',
-           'register_scorer', 'GBDTScorer', 'LogisticScorer', 'create_scorer', 'pairs_to_csr', 'cluster_step', 'decide',
-           'f1_curve', 'PoolRule', 'Member', 'MatchModel', 'load_model', 'data_modalities', 'fit_specs', 'keyed_state',
-           'fit_encoders', 'Pool', 'make_pool', 'pool_rows', 'validation_pools', 'oof_scores', 'oof_curves', 'fit_rule',
-           'heldout_scores', 'choose_rule', 'best_scorer', 'matches_step_gains', 'photo_folds', 'member_name',
-           'title_vocabulary', 'fit_model', 'curves_at', 'usable_members', 'match_postings', 'transfer_warnings',
-           'merge_models', 'default_model']
+           'MIN2_OFFSETS', 'POOLS', 'FEATURE_GROUPS', 'STATUS_COLOURS', 'View', 'encode_view', 'view_neighbours',
+           'StepEntry', 'register_step', 'step_entry', 'Context', 'blend_rows', 'blend_step', 'candidate_pairs',
+           'pair_cosine', 'neighbour_lookup', 'view_similarity', 'base_features', 'pagerank', 'graph_step',
+           'quantities', 'units_step', 'pool_context', 'register_scorer', 'GBDTScorer', 'LogisticScorer',
+           'create_scorer', 'pairs_to_csr', 'cluster_step', 'decide', 'f1_curve', 'PoolRule', 'Member', 'MatchModel',
+           'load_model', 'data_modalities', 'fit_specs', 'keyed_state', 'fit_encoders', 'Pool', 'make_pool',
+           'pool_rows', 'validation_pools', 'oof_scores', 'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule',
+           'best_scorer', 'matches_step_gains', 'photo_folds', 'member_name', 'title_vocabulary', 'fit_model',
+           'curves_at', 'usable_members', 'match_postings', 'transfer_warnings', 'merge_models', 'default_model',
+           'cosine_phash_matches', 'fixed_threshold_scores', 'feature_filter', 'heldout_at_scale', 'transfer_scores',
+           'match_browser', 'style_matches', 'row_f1', 'error_gallery', 'photo_browser']
 
 # %% ../nbs/08_ensemble.ipynb #93fad84a
 @dataclass
@@ -1178,6 +1180,7 @@ def match_postings(df:pd.DataFrame, # validated postings (label_group, if any, i
                    model:MatchModel, # a fitted model (`load_model`)
                    timings:dict|None=None, # stage -> seconds, filled in
                    log=print,
+                   details:bool=False, # also return the scored pairs and their features in the info
                   ) -> tuple[sp.csr_matrix, dict]:
     "Match sets of unlabelled postings with a fitted model, and what the model expects of them."
     df = df.drop(columns=['label_group'], errors='ignore').reset_index(drop=True)
@@ -1197,7 +1200,8 @@ def match_postings(df:pd.DataFrame, # validated postings (label_group, if any, i
         M = decide(n, ctx.I, ctx.J, rel, 0.0, -min(offs) if offs else None, model.steps)
     info = dict(n=n, members=[m.name for m in members], expected_f1={m.name: m.rule.expected_f1(n) for m in members},
                 thresholds={m.name: m.rule.threshold(n) for m in members})
-    transfer_warnings(df, M, model, members, log)
+    info['warnings'] = transfer_warnings(df, M, model, members, log)
+    if details: info.update(I=ctx.I, J=ctx.J, score=rel + members[0].rule.threshold(n), features=pd.DataFrame(ctx.F))
     return M, info
 
 # %% ../nbs/08_ensemble.ipynb #c0554524
@@ -1256,3 +1260,144 @@ def default_model() -> MatchModel:
     "The model shipped in the package (`make default-model` rebuilds it)."
     import shopee_nb
     return load_model(Path(shopee_nb.__file__).parent/'default_model')
+
+# %% ../nbs/08_ensemble.ipynb #e360f4bb
+def cosine_phash_matches(df:pd.DataFrame, # postings
+                         threshold:float, # word TF-IDF cosine threshold
+                        ) -> sp.csr_matrix:
+    "The reference rule: word TF-IDF cosine at or above `threshold`, or an identical phash."
+    ctx = pool_context(df, [encode_view(create_encoder('tfidf-word'), df, get_config()),
+                            encode_view(create_encoder('phash'), df, get_config())], [], 50)
+    base_features(ctx)
+    score = np.where(ctx.F['phash_dist'] == 0, 1.0, np.nan_to_num(ctx.F['tfidf-word'], nan=0))
+    return pairs_to_csr(ctx.n, ctx.I, ctx.J, score, threshold)
+
+# %% ../nbs/08_ensemble.ipynb #a1db8d47
+def fixed_threshold_scores(curves:pd.DataFrame, # `oof_curves` of a fit (`cv_curves.csv`)
+                           min2_offset=None, # the min2 setting to read
+                          ) -> pd.DataFrame:
+    "The old scheme: each fold scored at every pool size with the threshold best on the other folds matched alone."
+    c = curves[curves['min2_offset'].isna()] if min2_offset is None else curves[curves['min2_offset'] == min2_offset]
+    alone = c[c['pool'] == c['scored']]
+    rows = []
+    for f in sorted(c['fold'].unique()):
+        other = alone[(alone['fold'] != f) & (alone['pool'] == alone[alone['fold'] != f]['pool'].max())]
+        t = float(other.groupby('threshold')['f1'].mean().idxmax())
+        for pool, g in c[c['fold'] == f].groupby('pool'):
+            rows.append(g.iloc[int(np.argmin(np.abs(g['threshold'].to_numpy() - t)))].to_dict())
+    return pd.DataFrame(rows)
+
+# %% ../nbs/08_ensemble.ipynb #15e21cf3
+FEATURE_GROUPS = dict(
+    blend=lambda f: '+blend' in f,
+    graph=lambda f: f.endswith(('_shared', '_dens_lo', '_dens_hi', '_pr_lo', '_pr_hi')),
+    units=lambda f: f.startswith('units_'))
+
+def feature_filter(*groups, # names of `FEATURE_GROUPS` to keep (the others are dropped)
+                   exclude_views=(), # view names whose features are dropped
+                  ):
+    "A predicate on feature names: base features, plus the named groups, minus the excluded views."
+    def keep(f):
+        if any(f.startswith(v) for v in exclude_views): return False
+        return all(g in groups or not test(f) for g, test in FEATURE_GROUPS.items())
+    return keep
+
+# %% ../nbs/08_ensemble.ipynb #b95765b8
+def heldout_at_scale(pools:list, scores:list) -> dict:
+    "Held-out F1, precision and recall at each fold's largest pool (mean), with min2 chosen and the pool rule fitted out of fold."
+    rule, table = choose_rule(oof_curves(pools, scores))
+    top = table.loc[table.groupby('fold')['pool'].idxmax()]
+    return dict(f1=top['f1'].mean(), precision=top['precision'].mean(), recall=top['recall'].mean(),
+                min2=rule.min2_offset is not None)
+
+# %% ../nbs/08_ensemble.ipynb #5e1591fd
+def transfer_scores(model:MatchModel, # a fitted model
+                    df:pd.DataFrame, # labelled postings from elsewhere
+                    cfg:Config, # runtime settings
+                    baseline_threshold:float=0.5, # the fixed word TF-IDF threshold to beat
+                   ) -> dict:
+    "F1 of `model` on `df` (labels only for scoring) against word TF-IDF at a fixed threshold and each posting alone."
+    labels = df['label_group'].to_numpy()
+    M, info = match_postings(df, cfg, model, log=lambda *a: None)
+    base = csr_metrics(cosine_phash_matches(df.assign(image_phash=''), baseline_threshold), labels)['f1']
+    alone = csr_metrics(sp.identity(len(df), format='csr', dtype=bool), labels)['f1']
+    return dict(postings=len(df), model=csr_metrics(M, labels)['f1'], tfidf_fixed=base, alone=alone,
+                expected=info['expected_f1'].get('text', np.nan), warnings=len(info['warnings']))
+
+# %% ../nbs/08_ensemble.ipynb #60e49cbf
+def match_browser(df:pd.DataFrame, # the matched postings (with label_group, for colouring only)
+                  M:sp.csr_matrix, # their match sets
+                  rows, # postings to show
+                  max_items:int=8, # matches listed per posting
+                 ) -> pd.DataFrame:
+    "A table: for each posting, its predicted matches (right or wrong) and the true matches it missed."
+    lab, titles = df['label_group'].to_numpy(), df['title'].astype(str).to_numpy()
+    out = []
+    for i in rows:
+        pred = [j for j in M[i].indices if j != i]
+        true = [j for j in np.flatnonzero(lab == lab[i]) if j != i]
+        for j in pred[:max_items]: out.append(dict(posting=titles[i][:60], match=titles[j][:70], status='right' if lab[j] == lab[i] else 'wrong'))
+        for j in [j for j in true if j not in set(pred)][:max_items]: out.append(dict(posting=titles[i][:60], match=titles[j][:70], status='missed'))
+    return pd.DataFrame(out)
+
+# %% ../nbs/08_ensemble.ipynb #a1784e09
+STATUS_COLOURS = dict(right='#d8f3dc', wrong='#ffd6d6', missed='#e9ecef')
+
+def style_matches(table:pd.DataFrame):
+    "The browser table coloured by status: green right, red wrong, grey missed."
+    return table.style.apply(lambda r: [f"background-color: {STATUS_COLOURS[r['status']]}"] * len(r), axis=1).hide(axis='index')
+
+# %% ../nbs/08_ensemble.ipynb #06658f42
+def row_f1(M:sp.csr_matrix, # match sets
+           labels, # label_group of every posting
+          ) -> np.ndarray:
+    "Each posting's F1 (the competition metric before the mean)."
+    _, inv, cnt = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    M = M.tocsr()
+    r = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
+    tp = np.bincount(r, weights=inv[r] == inv[M.indices], minlength=M.shape[0])
+    return 2 * tp / (np.diff(M.indptr) + cnt[inv])
+
+# %% ../nbs/08_ensemble.ipynb #741e2d58
+def error_gallery(df:pd.DataFrame, # the matched postings with label_group
+                  info:dict, # `match_postings(..., details=True)`'s info
+                  rows, # the postings scored
+                  n:int=6, # mistakes of each kind
+                  columns=('tfidf-word', 'tfidf-char', 'minilm-arcface', 'phash_dist', 'units_conflict'), # features shown
+                 ) -> pd.DataFrame:
+    "The highest-scoring false merges and the lowest-scoring missed matches among candidate pairs touching `rows`."
+    lab, titles = df['label_group'].to_numpy(), df['title'].astype(str).to_numpy()
+    I, J, s, F = info['I'], info['J'], info['score'], info['features']
+    t = list(info['thresholds'].values())[0]
+    scored = np.zeros(len(df), bool)
+    scored[rows] = True
+    touch = scored[I] | scored[J]
+    same = lab[I] == lab[J]
+    fm = np.flatnonzero(touch & ~same & (s >= t))
+    mm = np.flatnonzero(touch & same & (s < t))
+    pick = [('false merge', k) for k in fm[np.argsort(-s[fm])[:n]]] + [('missed match', k) for k in mm[np.argsort(s[mm])[:n]]]
+    cols = [c for c in columns if c in F]
+    return pd.DataFrame([dict(kind=kind, title_a=titles[I[k]][:50], title_b=titles[J[k]][:50], **{c: F[c].iloc[k] for c in cols},
+                              score=s[k], threshold=t) for kind, k in pick])
+
+# %% ../nbs/08_ensemble.ipynb #afa0f4b0
+def photo_browser(df:pd.DataFrame, # postings with image_path and label_group
+                  M:sp.csr_matrix, # their match sets
+                  rows, # postings to show, one per line
+                  size:int=96, # thumbnail pixels
+                  max_items:int=8, # thumbnails per line after the query
+                 ):
+    "An image: each line a query photo, its predicted matches (green right, red wrong) and its missed ones (grey)."
+    from PIL import Image, ImageOps
+    from shopee_nb.data import load_image
+    lab, paths = df['label_group'].to_numpy(), df['image_path'].astype(str).to_numpy()
+    colours = dict(query='#333333', right='#2b9348', wrong='#d00000', missed='#adb5bd')
+    canvas = Image.new('RGB', ((max_items + 1) * (size + 8), len(rows) * (size + 8)), 'white')
+    for r, i in enumerate(rows):
+        pred = [j for j in M[i].indices if j != i]
+        items = [(i, 'query')] + [(j, 'right' if lab[j] == lab[i] else 'wrong') for j in pred]
+        items += [(j, 'missed') for j in np.flatnonzero(lab == lab[i]) if j != i and j not in set(pred)]
+        for c, (j, status) in enumerate(items[:max_items + 1]):
+            im = ImageOps.expand(load_image(paths[j], size).resize((size, size)), border=4, fill=colours[status])
+            canvas.paste(im, (c * (size + 8), r * (size + 8)))
+    return canvas
