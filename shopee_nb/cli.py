@@ -159,7 +159,7 @@ def cmd_match(data:str, # folder in the Kaggle layout (test.csv, test_images/)
     with st('load postings'): df = load_postings(Path(data), split, max_rows=max_rows)
     df = df.drop(columns=['label_group'], errors='ignore')
     print(f"match: {len(df):,} postings ({split}), {int(df['has_image'].sum()):,} with images; "
-          f"model {'from ' + str(run) if run else 'shipped with shopee_nb'}: members {', '.join(m.name for m in model.members)}, "
+          f"model {'from ' + Path(run).name if run else 'shipped with shopee_nb'}: members {', '.join(m.name for m in model.members)}, "
           f"encoders {', '.join(e['name'] for e in model.encoders)}")
     timings = {}
     with st('match'): M, info = match_postings(df, cfg, model, timings)
