@@ -14,6 +14,7 @@ import pandas as pd
 from .core import Config, get_config, import_tf, backends, split_gpu_memory, atomic_write, in_test, progress, seed_everything
 from .data import DataError, load_image
 
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')   # TF's C++ start-up logs (CUDA probing on CPU machines)
 import_tf()                        # torch first, then TensorFlow (quiet)
 import tensorflow as tf
 import tf_keras as K

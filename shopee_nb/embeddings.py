@@ -836,8 +836,8 @@ class Model1ImageEncoder(Encoder):
     modality, trainable, batch_size = 'image', True, 32
     defaults = dict(backbone='EfficientNetLite0', # 'EfficientNetLite0' or EfficientNetB0 ... B7
                     pretrained='package', # 'package' (Lite0's offline wheel), 'imagenet' (B0-B7, a download), None
-                    img_size=224, train_last=5, # input size; backbone blocks trained (None: all)
-                    epochs=4, batch_size=32, lr=1e-3, head_lr_mult=10.0, warmup_epochs=1,
+                    img_size=160, train_last=5, # input size; backbone blocks trained (None: all)
+                    epochs=8, batch_size=32, lr=1e-3, head_lr_mult=10.0, warmup_epochs=1,
                     margin_start=0.2, margin=0.6, adaptive_margin=True, adaptive_power=-0.1, arc_s=30.0,
                     clip_norm=1.0, bn_momentum=0.9, augment='strong', tta='flip', seed=42)
 
@@ -885,8 +885,8 @@ def encode_items(self:Model1TextEncoder, items):
 register_encoder('model1-image', Model1ImageEncoder, 'image',
                  profiles={'smoke': dict(backbone='EfficientNetLite0', pretrained=None, img_size=64, train_last=None,
                                          epochs=1, batch_size=8, augment='light', tta='none'),
-                           'cpu': dict(backbone='EfficientNetLite0', pretrained='package', img_size=224, train_last=5,
-                                       epochs=4, batch_size=32, lr=1e-3, margin=0.6, augment='strong', tta='flip'),
+                           'cpu': dict(backbone='EfficientNetLite0', pretrained='package', img_size=160, train_last=5,
+                                       epochs=8, batch_size=32, lr=1e-3, margin=0.6, augment='strong', tta='flip'),
                            'gpu': dict(backbone='EfficientNetB3', pretrained='imagenet', img_size=512, train_last=None,
                                        epochs=25, batch_size=16, lr=1e-4, warmup_epochs=3, margin=1.0, augment='strong',
                                        tta='flip')},
