@@ -117,7 +117,7 @@ def cmd_sample(out:str, # folder to write the sample into (Kaggle layout)
 
 # %% ../nbs/09_cli.ipynb #e785fa1d
 def cmd_fit(data:str, # folder in the Kaggle layout with a labelled train.csv
-            out:str, # run folder to write (reused: finished work is kept when data and settings are the same)
+            out:str='run', # run folder to write (reused: finished work is kept when data and settings are the same)
             profile:str=None, # smoke | cpu | gpu: the spec of a new fit (default: gpu with a GPU, else cpu)
             encoders:str=None, # comma-separated encoder names (default: the profile's; see `shopee_nb encoders`)
             text_encoder:str=None, # swap the profile's trained text encoder: a name, 'tfidf' (TF-IDF only) or 'none'
@@ -135,7 +135,8 @@ def cmd_fit(data:str, # folder in the Kaggle layout with a labelled train.csv
           f"profile {cfg.profile}; encoders {', '.join(s['name'] for s in specs)}")
     with st('fit'): model = fit_model(df, cfg, Path(out), specs, n_folds=folds, split=split)
     st.add(model.meta['times'])
-    m = model.members[0]
+    model.meta['fitted_on'] = Path(data).resolve().name
+    model.save(out)
     print(f"model written to {out}")
     print(st.table())
     return model
