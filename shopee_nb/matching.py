@@ -319,11 +319,15 @@ def f1_curve(nb: Neighbours, labels, thresholds, min2: float | None = None, extr
     return np.array([csr_metrics(neighbours_to_csr(nb, t, min2) if extra is None else union_csr(neighbours_to_csr(nb, t, min2), extra), labels)['f1'] * len(nb)
                      for t in thresholds])
 
-def cv_threshold(per_fold: dict, labels, thresholds=np.arange(0.2, 0.96, 0.025), min2: float | None = None,
-                 extra: dict | None = None) -> dict:
-    """Choose the threshold on the other folds, score each held-out fold at it.
-    `per_fold` is `fold_neighbours`' output; `extra` optionally maps fold → match sets to union with (e.g. phash)."""
-    labels = np.asarray(labels); thresholds = np.asarray(thresholds, float)
+def cv_threshold(per_fold: dict, # `fold_neighbours`' output: fold -> (rows, neighbours)
+                 labels, # the label group of every row
+                 thresholds=None, # the thresholds to try (default: 0.2 to 0.95 in steps of 0.025)
+                 min2: float | None = None, # the min2 rule's offset, or None for no min2
+                 extra: dict | None = None, # fold -> match sets to union with (e.g. phash)
+                ) -> dict:
+    "Choose the threshold on the other folds, score each held-out fold at it."
+    labels = np.asarray(labels)
+    thresholds = np.arange(0.2, 0.96, 0.025) if thresholds is None else np.asarray(thresholds, float)
     curves = {f: f1_curve(nb, labels[rows], thresholds, min2, None if extra is None else extra[f]) for f, (rows, nb) in per_fold.items()}
     rows_total = sum(len(r) for r, _ in per_fold.values())
     res = []
