@@ -12,7 +12,8 @@ import pandas as pd
 from fastcore.docments import docments
 
 from .core import get_config, Config, PROFILES, default_profile
-from .data import (DataError, load_postings, make_sample, write_submission, read_submission, match_metrics, _read_csv)
+from .data import (DataError, load_postings, make_sample, write_submission, read_submission, match_metrics, _read_csv,
+                            check_output)
 from .embeddings import ENCODERS, encoder_entry, profile_encoders
 from .matching import csr_to_lists
 from .ensemble import load_model, default_model, fit_model, match_postings, merge_models
@@ -155,6 +156,7 @@ def cmd_match(data:str, # folder in the Kaggle layout (test.csv, test_images/)
              ):
     "Predict the matches of every posting with a fitted model; write submission.csv (never reads label_group)."
     cfg, st = _config(profile, cache), Stages()
+    check_output(out)
     with st('load model'): model = load_model(run) if run else default_model()
     check_overrides(model, encoders, text_encoder, image_encoder)
     with st('load postings'): df = load_postings(Path(data), split, max_rows=max_rows)
@@ -285,7 +287,7 @@ def main(argv:list|None=None) -> int:
     try:
         fn(**args)
         return 0
-    except (DataError, FileNotFoundError, ValueError, ImportError, PermissionError) as e:
+    except (DataError, ValueError, ImportError, OSError) as e:
         if os.environ.get('SHOPEE_NB_DEBUG'): traceback.print_exc()
         print(f"shopee_nb {command}: error: {e}", file=sys.stderr)
         return 2

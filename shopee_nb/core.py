@@ -222,11 +222,11 @@ def get_config(profile: str | None = None, **overrides) -> Config:
 # %% ../nbs/00_core.ipynb #847c3ea5
 @contextlib.contextmanager
 def atomic_write(path, mode: str = 'wb'):
-    "Open a temp file beside `path`; on success rename it over `path`, on error remove it."
+    "Open a temp file beside `path` (text modes in UTF-8, whatever the locale); on success rename it over `path`."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, encoding=None if 'b' in mode else 'utf-8') as f:
             yield f
             f.flush(); os.fsync(f.fileno())
         um = os.umask(0); os.umask(um); os.chmod(tmp, 0o666 & ~um)   # mkstemp makes 0600: give the usual permissions

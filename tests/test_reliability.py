@@ -247,3 +247,37 @@ def test_match_makes_no_network_access(data, cache, tmp_path):
     r = run('match', data, '--out', data/'sub.csv', cache=cache, env={'PYTHONPATH': str(tmp_path/'nonet')})
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'network access attempted' not in r.stderr
+
+# ---------------------------------------------------------------- outputs that never destroy, ids, options
+def sha(p: Path) -> str: return hashlib.sha256(p.read_bytes()).hexdigest()
+
+def test_posting_id_with_whitespace(data, cache):
+    edit_csv(data, lambda df: df.assign(posting_id=df.posting_id.where(df.index != 0, 'two words')))
+    assert 'contains whitespace' in error_line(run('match', data, cache=cache))
+
+def test_out_is_the_input_csv(data, cache):
+    before = sha(data/'test.csv')
+    assert 'is not a submission' in error_line(run('match', data, '--out', data/'test.csv', cache=cache))
+    assert sha(data/'test.csv') == before
+
+def test_out_is_a_directory_or_a_device(data, cache):
+    assert 'is a directory' in error_line(run('match', data, '--out', data, cache=cache))
+    assert 'not a regular file' in error_line(run('match', data, '--out', '/dev/null', cache=cache))
+
+def test_sample_never_overwrites_a_users_data(tmp_path, cache):
+    mine = tmp_path/'mine'; mine.mkdir(); (mine/'train.csv').write_text('my own data\n')
+    assert 'did not generate' in error_line(run('sample', mine, cache=cache))
+    assert (mine/'train.csv').read_text() == 'my own data\n'
+
+def test_negative_max_rows_and_one_fold(data, cache):
+    assert '--max-rows must be a positive' in error_line(run('match', data, '--max-rows', '-5', cache=cache))
+    assert '--folds must be at least 2' in error_line(run('fit', data, '--folds', '1', '--out', data/'run', cache=cache))
+
+def test_submission_is_utf8_whatever_the_locale(data, cache):
+    "An ASCII-only C locale (no UTF-8 coercion): non-ASCII posting ids still end in a UTF-8 submission."
+    edit_csv(data, lambda df: df.assign(posting_id=[f'é{i}' for i in range(len(df))]))
+    env = {'LC_ALL': 'C', 'LANG': 'C', 'PYTHONUTF8': '0', 'PYTHONCOERCECLOCALE': '0'}
+    r = run('match', data, '--out', data/'submission.csv', cache=cache, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sub = pd.read_csv(data/'submission.csv', dtype=str, encoding='utf-8')
+    assert sub.posting_id.str.startswith('é').all()
