@@ -411,7 +411,7 @@ def image_grid(paths, titles=None, ncols: int = 6, size: int = 96) -> Image.Imag
         grid.paste(im.resize((size, size)), ((i % ncols)*size, (i//ncols)*size))
     return grid
 
-# %% ../nbs/01_data.ipynb #790739a1
+# %% ../nbs/01_data.ipynb #a7798afc
 def check_output(path, # the file about to be written
                  header:str='posting_id,matches', # how a file this may replace starts
                 ) -> Path:
