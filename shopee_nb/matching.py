@@ -18,7 +18,7 @@ from .embeddings import Encoder, register_encoder, create_encoder
 # %% auto #0
 __all__ = ['TFIDF_PRESETS', 'MAX_DF_DOCS', 'DENSE_BACKENDS', 'APPROX_ABOVE', 'Neighbours', 'ensure_self', 'tfidf_features',
            'TfidfEncoder', 'PhashEncoder', 'topk_sparse', 'topk_dense', 'topk_cosine', 'neighbours_to_csr', 'union_csr',
-           'csr_to_lists', 'csr_metrics', 'phash_to_uint64', 'hamming', 'phash_pairs', 'phash_csr', 'fold_neighbours',
+           'csr_to_lists', 'csr_metrics', 'phash_to_uint64', 'hamming', 'phash_csr', 'phash_pairs', 'fold_neighbours',
            'f1_curve', 'cv_threshold', 'phash_by_fold', 'evaluate_rules']
 
 # %% ../nbs/07_knn_tfidf.ipynb #8325d9fe
@@ -270,39 +270,65 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     "Bitwise Hamming distance between `uint64` hashes (broadcasting)."
     return np.bitwise_count(np.bitwise_xor(np.asarray(a, np.uint64), np.asarray(b, np.uint64))).astype(np.int8)
 
-def phash_pairs(hashes, max_dist: int = 0, valid=None, max_pairs: int = 20_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "All pairs `(i, j)`, `i < j`, of valid hashes within Hamming distance `max_dist`, with their distances."
-    h, ok = (hashes, valid) if valid is not None else phash_to_uint64(hashes)
-    h = np.asarray(h, np.uint64); ok = np.ones(len(h), bool) if ok is None else np.asarray(ok, bool)
-    if not 0 <= max_dist < 32: raise ValueError(f"phash_pairs: max_dist must be in 0..31, got {max_dist}")
-    rows = np.flatnonzero(ok); I, J = [], []
-    nblocks = max_dist + 1; bounds = np.linspace(0, 64, nblocks + 1).astype(int)
-    for b in range(nblocks):
-        lo, hi = bounds[b], bounds[b + 1]
-        key = (h[rows] >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1) if hi - lo < 64 else h[rows]
-        order = np.argsort(key, kind='stable'); ks = key[order]
-        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]]); ends = np.r_[starts[1:], len(ks)]
-        for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
-            g = rows[order[s:e]]; hg = h[g]
-            step = max(1, min(len(g), max_pairs // len(g)))   # big buckets in slices: memory stays bounded
-            for c in range(0, len(g), step):
-                a = g[c:c + step]
-                m = hamming(h[a][:, None], hg[None, :]) <= max_dist
-                m &= np.arange(len(g))[None, :] > np.arange(c, c + len(a))[:, None]
-                ia, jb = np.nonzero(m); I.append(a[ia]); J.append(g[jb])
-    if not I: return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8)
-    I, J = np.concatenate(I), np.concatenate(J)
-    lo_, hi_ = np.minimum(I, J), np.maximum(I, J)
-    key = np.unique(lo_.astype(np.int64) * len(h) + hi_)
-    I, J = key // len(h), key % len(h)
-    return I, J, hamming(h[I], h[J])
-
 def phash_csr(hashes, max_dist: int = 0, cap: int = 50) -> sp.csr_matrix:
     "Match sets from perceptual hashes: same hash (or within `max_dist` bits); malformed hashes match only themselves."
     h, ok = phash_to_uint64(hashes); n = len(h)
     I, J, d = phash_pairs(h, max_dist, valid=ok)
     r = np.r_[I, J, np.arange(n)]; c = np.r_[J, I, np.arange(n)]
     return _cap_csr(sp.csr_matrix((np.ones(len(r), bool), (r, c)), shape=(n, n)), cap)
+
+# %% ../nbs/07_knn_tfidf.ipynb #9e3c3c47
+def _bucket_pairs(g:np.ndarray, h:np.ndarray, max_dist:int, max_group:int, max_pairs:int) -> tuple[list, list]:
+    "Pairs within one bucket `g` of row indices: all of them, or a band of `max_group` in hash order for a giant bucket."
+    I, J = [], []
+    if len(g) > max_group:
+        g = g[np.lexsort((g, h[g]))]
+        hg = h[g]
+        for off in range(1, max_group + 1):
+            near = hamming(hg[:-off], hg[off:]) <= max_dist
+            I.append(g[:-off][near])
+            J.append(g[off:][near])
+        return I, J
+    hg = h[g]
+    step = max(1, min(len(g), max_pairs // len(g)))
+    for c in range(0, len(g), step):
+        a = g[c:c + step]
+        m = hamming(h[a][:, None], hg[None, :]) <= max_dist
+        m &= np.arange(len(g))[None, :] > np.arange(c, c + len(a))[:, None]
+        ia, jb = np.nonzero(m)
+        I.append(a[ia])
+        J.append(g[jb])
+    return I, J
+
+def phash_pairs(hashes, # hex strings, or `uint64` hashes with `valid`
+                max_dist:int=0, # the largest Hamming distance of a pair
+                valid=None, # which `uint64` hashes are real (default: all)
+                max_group:int=50, # a bucket larger than this links each posting to its `max_group` nearest in hash order
+                max_pairs:int=20_000_000, # memory bound of one slice of a bucket
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Pairs `(i, j)`, `i < j`, of valid hashes within Hamming distance `max_dist` (pigeonhole search), with their distances."
+    h, ok = (hashes, valid) if valid is not None else phash_to_uint64(hashes)
+    h = np.asarray(h, np.uint64)
+    ok = np.ones(len(h), bool) if ok is None else np.asarray(ok, bool)
+    if not 0 <= max_dist < 32: raise ValueError(f"phash_pairs: max_dist must be in 0..31, got {max_dist}")
+    rows, I, J = np.flatnonzero(ok), [], []
+    bounds = np.linspace(0, 64, max_dist + 2).astype(int)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        key = (h[rows] >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1) if hi - lo < 64 else h[rows]
+        order = np.argsort(key, kind='stable')
+        ks = key[order]
+        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+        ends = np.r_[starts[1:], len(ks)]
+        for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+            bi, bj = _bucket_pairs(rows[order[s:e]], h, max_dist, max_group, max_pairs)
+            I += bi
+            J += bj
+    if not I: return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8)
+    I, J = np.concatenate(I), np.concatenate(J)
+    lo_, hi_ = np.minimum(I, J), np.maximum(I, J)
+    key = np.unique(lo_.astype(np.int64) * len(h) + hi_)
+    I, J = key // len(h), key % len(h)
+    return I, J, hamming(h[I], h[J])
 
 # %% ../nbs/07_knn_tfidf.ipynb #fa1c5278
 def fold_neighbours(features, folds: np.ndarray, k: int = 50, backend: str = 'auto') -> dict[int, tuple[np.ndarray, Neighbours]]:
