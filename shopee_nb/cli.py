@@ -203,7 +203,7 @@ def _guess_split(folder:Path, submission:Path) -> str:
 
 # %% ../nbs/09_cli.ipynb #6a7a08a6
 def cmd_merge(runs:list, # run folders written by `fit` (e.g. a text fit and an image fit)
-              out:str, # the model folder to write
+              out:str='model', # the model folder to write
              ):
     "Combine fitted runs into one model folder: every member and encoder."
     model = merge_models([load_model(r) for r in runs], Path(out))

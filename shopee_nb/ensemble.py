@@ -677,13 +677,17 @@ class PoolRule:
     min2_offset: float|None = None  # min2 threshold = threshold - offset
     sizes: list = field(default_factory=list)  # the pool sizes it was fitted on
 
+    def _log_n(self, n:int) -> float:
+        "ln of the pool size, never below the smallest pool the rule was fitted on (no extrapolation to tiny pools)."
+        return math.log(max(n, min(self.sizes, default=2), 2))
+
     def threshold(self, n:int) -> float:
         "The decision threshold for `n` postings."
-        return float(np.clip(self.a + self.b * math.log(max(n, 2)), self.lo, self.hi))
+        return float(np.clip(self.a + self.b * self._log_n(n), self.lo, self.hi))
 
     def expected_f1(self, n:int) -> float:
         "The held-out F1 expected for `n` postings."
-        return float(np.clip(self.f1_a + self.f1_b * math.log(max(n, 2)), 0, 1))
+        return float(np.clip(self.f1_a + self.f1_b * self._log_n(n), 0, 1))
 
 # %% ../nbs/08_ensemble.ipynb #9746d957
 def _line(n, y) -> tuple[float, float]:
