@@ -12,8 +12,8 @@ import pandas as pd
 from fastcore.docments import docments
 
 from .core import get_config, Config, PROFILES, default_profile
-from .data import (DataError, load_postings, make_sample, write_submission, read_submission, match_metrics, _read_csv,
-                            check_output)
+from .data import (DataError, load_postings, make_sample, write_submission, read_submission, match_metrics,
+    _read_csv, check_output)
 from .embeddings import ENCODERS, encoder_entry, profile_encoders
 from .matching import csr_to_lists
 from .ensemble import load_model, default_model, fit_model, match_postings, merge_models
@@ -136,8 +136,6 @@ def cmd_fit(data:str, # folder in the Kaggle layout with a labelled train.csv
           f"profile {cfg.profile}; encoders {', '.join(s['name'] for s in specs)}")
     with st('fit'): model = fit_model(df, cfg, Path(out), specs, n_folds=folds, split=split)
     st.add(model.meta['times'])
-    model.meta['fitted_on'] = Path(data).resolve().name
-    model.save(out)
     print(f"model written to {out}")
     print(st.table())
     return model

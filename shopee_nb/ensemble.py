@@ -1110,6 +1110,7 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
              ) -> MatchModel:
     "Fit encoders, pair scorer and pool rule on `df`, validated at deployment scale; write the model to `out`."
     _validate_fit_input(df, n_folds, split)
+    source = Path(df.attrs['folder']).resolve().name if df.attrs.get('folder') else None   # the data set's folder name
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df = df.reset_index(drop=True)
@@ -1150,7 +1151,7 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
               table=table.round(4).to_dict('records'), matches_steps=gains.round(4).to_dict('records'))
     member = Member(name, [s['name'] for s in specs], final, sspec, rule, cv)
     enc_specs = [{**e.spec(), 'folder': f'encoders/{e.name}'} for e in final_encs]
-    meta = dict(profile=cfg.profile, n_postings=len(df), k=cfg.k, max_dist=cfg.phash_max_dist, data=key['data'],
+    meta = dict(profile=cfg.profile, n_postings=len(df), k=cfg.k, max_dist=cfg.phash_max_dist, data=key['data'], fitted_on=source,
                 vocab=title_vocabulary(df['title']), times={k: round(v, 1) for k, v in times.items()})
     model = MatchModel(enc_specs, [member], steps, meta).save(out)
     with atomic_write(out/'cv_curves.csv', 'w') as f: curves.to_csv(f, index=False)
@@ -1238,9 +1239,11 @@ def merge_models(models:list, # loaded models
                 ) -> MatchModel:
     "One model holding every member and encoder of `models`, files copied into `out`."
     out = Path(out)
-    encoders, members, steps = {}, [], models[0].steps
+    features = lambda mm: [s for s in mm.steps if step_entry(s['name']).stage != 'matches']
+    steps = [s for s in models[0].steps if all(s in mm.steps for mm in models)]   # a matches step only where every fit kept it
+    encoders, members = {}, []
     for mm in models:
-        if mm.steps != steps: raise ValueError("merge: the models were fitted with different steps; refit them with the same ones")
+        if features(mm) != features(models[0]): raise ValueError("merge: the models were fitted with different steps; refit them with the same ones")
         for e in mm.encoders:
             if e['name'] in encoders and {k: e[k] for k in ('params', 'weights')} != {k: encoders[e['name']][k] for k in ('params', 'weights')}:
                 raise ValueError(f"merge: two models carry different encoders named {e['name']!r}")
