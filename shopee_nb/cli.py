@@ -172,6 +172,7 @@ def cmd_match(data:str, # folder in the Kaggle layout (test.csv, test_images/)
         cv = next(m.cv for m in model.members if m.name == name)
         print(f"expected F1 of the {name} member for {len(df):,} postings: {f1:.3f} "
               f"(held-out at fit: {cv.get('f1', float('nan')):.3f} with {cv.get('pool_size', 0):,} postings matched together)")
+    if len(info.get('members', [])) > 1: print(f"a pair matches when {model.combine} of the members ({', '.join(info['members'])}) say so")
     print(st.table())
     return info
 
@@ -202,10 +203,12 @@ def _guess_split(folder:Path, submission:Path) -> str:
 # %% ../nbs/09_cli.ipynb #6a7a08a6
 def cmd_merge(runs:list, # run folders written by `fit` (e.g. a text fit and an image fit)
               out:str='model', # the model folder to write
+              combine:str=None, # a pair matches when any / all members say so (default: all for runs fitted on different data)
              ):
     "Combine fitted runs into one model folder: every member and encoder."
-    model = merge_models([load_model(r) for r in runs], Path(out))
-    print(f"merged {len(runs)} runs into {out}: members {[m.name for m in model.members]}, encoders {[e['name'] for e in model.encoders]}")
+    model = merge_models([load_model(r) for r in runs], Path(out), combine)
+    print(f"merged {len(runs)} runs into {out}: members {[m.name for m in model.members]}, "
+          f"encoders {[e['name'] for e in model.encoders]}; a pair matches when {model.combine} members say so")
     return model
 
 # %% ../nbs/09_cli.ipynb #4c9b1d02
@@ -245,6 +248,7 @@ def cmd_demo(out:str='runs/demo', # folder for the sample, the run and the submi
 cmd_fit.choices = dict(split=['group', 'photo'])
 cmd_match.choices = dict(split=['test', 'train'])
 cmd_evaluate.choices = dict(split=['test', 'train'])
+cmd_merge.choices = dict(combine=['any', 'all'])
 COMMANDS = dict(sample=cmd_sample, fit=cmd_fit, match=cmd_match, evaluate=cmd_evaluate, merge=cmd_merge,
                 encoders=cmd_encoders, demo=cmd_demo)
 

@@ -20,11 +20,11 @@ from .embeddings import (Encoder, embed, l2_normalize, create_encoder, encoder_e
 from .matching import Neighbours, topk_cosine, phash_pairs, hamming, csr_metrics
 
 # %% auto #0
-__all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'DEFAULT_STEPS', 'DEFAULT_SCORER', 'SMALL_DATA_PAIRS', 'THRESHOLDS',
-           'MIN2_OFFSETS', 'POOLS', 'FEATURE_GROUPS', 'STATUS_COLOURS', 'View', 'encode_view', 'view_neighbours',
-           'StepEntry', 'register_step', 'step_entry', 'Context', 'blend_rows', 'blend_step', 'candidate_pairs',
-           'pair_cosine', 'neighbour_lookup', 'view_similarity', 'base_features', 'pagerank', 'graph_step',
-           'quantities', 'units_step', 'pool_context', 'register_scorer', 'GBDTScorer', 'LogisticScorer',
+__all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'COMBINE', 'DEFAULT_STEPS', 'DEFAULT_SCORER', 'SMALL_DATA_PAIRS',
+           'THRESHOLDS', 'MIN2_OFFSETS', 'POOLS', 'FEATURE_GROUPS', 'STATUS_COLOURS', 'View', 'encode_view',
+           'view_neighbours', 'StepEntry', 'register_step', 'step_entry', 'Context', 'blend_rows', 'blend_step',
+           'candidate_pairs', 'pair_cosine', 'neighbour_lookup', 'view_similarity', 'base_features', 'pagerank',
+           'graph_step', 'quantities', 'units_step', 'pool_context', 'register_scorer', 'GBDTScorer', 'LogisticScorer',
            'create_scorer', 'pairs_to_csr', 'cluster_step', 'decide', 'f1_curve', 'PoolRule', 'Member', 'MatchModel',
            'load_model', 'data_modalities', 'fit_specs', 'keyed_state', 'fit_encoders', 'Pool', 'make_pool',
            'pool_rows', 'validation_pools', 'oof_scores', 'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule',
@@ -697,6 +697,9 @@ def _line(n, y) -> tuple[float, float]:
     b, a = np.polyfit(x, y, 1)
     return float(a), float(b)
 
+# %% ../nbs/08_ensemble.ipynb #81edc3aa
+COMBINE = dict(any=np.max, all=np.min)   # members' margins over their thresholds -> one margin per pair
+
 # %% ../nbs/08_ensemble.ipynb #5eb69eec
 @dataclass
 class Member:
@@ -716,8 +719,10 @@ class MatchModel:
                  steps:list, # step specs
                  meta:dict|None=None, # fit details: profile, data, cross-validation, vocabulary
                  folder:Path|None=None, # where it lives
+                 combine:str='any', # members' decisions: 'any' (one member's match is enough) or 'all' (every member must match)
                 ):
         self.encoders, self.members, self.steps, self.meta, self.folder = encoders, members, steps, meta or {}, folder
+        self.combine = combine
 
     def __repr__(self):
         return f"MatchModel(members={[m.name for m in self.members]}, encoders={[e['name'] for e in self.encoders]}, steps={[s['name'] for s in self.steps]})"
@@ -727,7 +732,8 @@ class MatchModel:
 def spec(self:MatchModel) -> dict:
     "The JSON written to `model.json`."
     members = [dict(name=m.name, encoders=m.encoders, scorer=m.scorer_spec, rule=vars(m.rule), cv=m.cv) for m in self.members]
-    return dict(format='shopee_nb.MatchModel', version=2, encoders=self.encoders, steps=self.steps, members=members, meta=self.meta)
+    return dict(format='shopee_nb.MatchModel', version=2, encoders=self.encoders, steps=self.steps, members=members,
+                combine=self.combine, meta=self.meta)
 
 @patch
 def save(self:MatchModel, folder) -> Path:
@@ -809,7 +815,10 @@ def load_model(folder, # a folder written by `shopee_nb fit` (or `merge`)
         _check(isinstance(m.get('encoders'), list) and m['encoders'] and set(m['encoders']) <= set(names), where, 'its encoders must be encoders of the model')
         members.append(Member(m['name'], list(m['encoders']), _check_scorer(m.get('scorer'), folder, where), m['scorer'],
                               _check_rule(m.get('rule'), where), m.get('cv', {}) if isinstance(m.get('cv'), dict) else {}))
-    return MatchModel(encs, members, steps, d.get('meta', {}) if isinstance(d.get('meta'), dict) else {}, folder)
+    combine = d.get('combine', 'any')
+    _check(combine in COMBINE, str(p), f"combine must be one of {list(COMBINE)}, not {combine!r}")
+    meta = d.get('meta', {}) if isinstance(d.get('meta'), dict) else {}
+    return MatchModel(encs, members, steps, meta, folder, combine)
 
 # %% ../nbs/08_ensemble.ipynb #ccb1ec6f
 def _check_encoder(e, folder:Path, where:str):
@@ -1200,7 +1209,7 @@ def match_postings(df:pd.DataFrame, # validated postings (label_group, if any, i
         with _timed(timings, f'encode {name}'): views.append(encode_view(model.build_encoder(name), df, cfg))
     ctx = pool_context(df, views, model.steps, model.meta.get('k', 50), model.meta.get('max_dist', 0), timings)
     with _timed(timings, 'score pairs + match sets'):
-        rel = np.max([m.scorer.predict(ctx.F) - m.rule.threshold(n) for m in members], 0)
+        rel = COMBINE[model.combine]([m.scorer.predict(ctx.F) - m.rule.threshold(n) for m in members], 0)
         offs = [m.rule.min2_offset for m in members if m.rule.min2_offset is not None]
         M = decide(n, ctx.I, ctx.J, rel, 0.0, -min(offs) if offs else None, model.steps)
     info = dict(n=n, members=[m.name for m in members], expected_f1={m.name: m.rule.expected_f1(n) for m in members},
@@ -1236,9 +1245,12 @@ def transfer_warnings(df:pd.DataFrame, M:sp.csr_matrix, model:MatchModel, member
 # %% ../nbs/08_ensemble.ipynb #dcfd56f5
 def merge_models(models:list, # loaded models
                  out, # the folder to write
+                 combine:str|None=None, # 'any' or 'all' (see `COMBINE`); default: 'all' when the runs were fitted on different data
                 ) -> MatchModel:
     "One model holding every member and encoder of `models`, files copied into `out`."
     out = Path(out)
+    if combine is None: combine = 'any' if len({mm.meta.get('data') for mm in models}) == 1 else 'all'
+    if combine not in COMBINE: raise ValueError(f"merge: combine must be one of {list(COMBINE)}, not {combine!r}")
     features = lambda mm: [s for s in mm.steps if step_entry(s['name']).stage != 'matches']
     steps = [s for s in models[0].steps if all(s in mm.steps for mm in models)]   # a matches step only where every fit kept it
     encoders, members = {}, []
@@ -1259,7 +1271,7 @@ def merge_models(models:list, # loaded models
     meta = dict(merged=[{k: v for k, v in mm.meta.items() if k != 'vocab'} for mm in models],
                 vocab=sorted({w for mm in models for w in mm.meta.get('vocab', [])}),
                 k=models[0].meta.get('k', 50), max_dist=models[0].meta.get('max_dist', 0))
-    MatchModel(list(encoders.values()), members, steps, meta).save(out)
+    MatchModel(list(encoders.values()), members, steps, meta, combine=combine).save(out)
     return load_model(out)
 
 # %% ../nbs/08_ensemble.ipynb #dc613892

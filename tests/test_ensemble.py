@@ -120,8 +120,23 @@ def test_merge_keeps_members_and_refuses_conflicts(fitted, tmp_path):
     assert [m.name for m in usable_members(model, {'image', 'phash'})] == []
     assert [m.name for m in usable_members(model, {'text'})] == ['text']
 
-def _tamper(out, tmp_path, fn):
-    run = tmp_path/'t'; shutil.copytree(out, run, ignore=shutil.ignore_patterns('state'))
+def test_merged_members_combine_any_on_the_same_data_all_on_different_data(fitted, tmp_path):
+    d, cfg, out, model = fitted
+    image = _tamper(out, tmp_path, lambda j: j['members'][0].update(name='image'), 'image')
+    assert merge_models([model, load_model(image)], tmp_path/'same').combine == 'any'
+    other = _tamper(out, tmp_path, lambda j: (j['members'][0].update(name='image'), j['meta'].update(data='other')), 'other-data')
+    both = merge_models([model, load_model(other)], tmp_path/'other')
+    assert both.combine == 'all' and load_model(tmp_path/'other').combine == 'all'
+    assert merge_models([model, load_model(other)], tmp_path/'forced', combine='any').combine == 'any'
+    with pytest.raises(ValueError, match='combine must be one of'): merge_models([model, load_model(other)], tmp_path/'x', combine='vote')
+    test = load_postings(d, 'test')
+    M_any, _ = match_postings(test, cfg, load_model(tmp_path/'same'), log=lambda *a: None)
+    M_all, _ = match_postings(test, cfg, both, log=lambda *a: None)
+    M_one, _ = match_postings(test, cfg, model, log=lambda *a: None)
+    assert (M_any != M_one).nnz == 0 and (M_all != M_one).nnz == 0   # identical members: any == all == one
+
+def _tamper(out, tmp_path, fn, name='t'):
+    run = tmp_path/name; shutil.copytree(out, run, ignore=shutil.ignore_patterns('state'))
     d = json.loads((run/'model.json').read_text()); fn(d); (run/'model.json').write_text(json.dumps(d))
     return run
 
@@ -135,6 +150,7 @@ def _tamper(out, tmp_path, fn):
     (lambda d: d['encoders'][0].update(weights={'../w.bin': 'a' * 64}), 'inside the model folder'),
     (lambda d: d.update(version=1), 'not supported'),
     (lambda d: d['steps'].append({'name': 'pickle.load'}), 'unknown or malformed step'),
+    (lambda d: d.update(combine='majority'), 'combine must be one of'),
 ])
 def test_tampered_model_folders_are_refused_in_one_line(fitted, tmp_path, change, message):
     d, cfg, out, model = fitted
