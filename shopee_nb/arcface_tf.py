@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .core import Config, get_config, import_tf, backends, split_gpu_memory, atomic_write, in_test, progress, seed_everything
+from .core import map_ordered
 from .data import DataError, load_image
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')   # TF's C++ start-up logs (CUDA probing on CPU machines)
@@ -654,11 +655,14 @@ def encode_image_paths(model, # an `ArcFaceModel` or its embedder
     emb = model.embedder if isinstance(model, ArcFaceModel) else model
     size, paths = int(emb.input_shape[1]), [str(p) for p in paths]
     out = np.zeros((len(paths), emb.output_shape[-1]), np.float32)
+    def read(p):
+        try: return np.asarray(load_image(p, size), np.float32)
+        except DataError as e: return e
     for b in range(0, len(paths), batch_size):
         x, ok = np.zeros((min(batch_size, len(paths) - b), size, size, 3), np.float32), []
-        for i, p in enumerate(paths[b:b + batch_size]):
-            try: x[i] = np.asarray(load_image(p, size), np.float32); ok.append(i)
-            except DataError as e: warnings.warn(f"{name}: {e}; it gets no image neighbours")
+        for i, a in enumerate(map_ordered(read, paths[b:b + batch_size])):   # decoded in threads, in order
+            if isinstance(a, Exception): warnings.warn(f"{name}: {a}; it gets no image neighbours")
+            else: x[i] = a; ok.append(i)
         if not ok: continue
         xs = tf.constant(x[ok])
         out[[b + i for i in ok]] = np.mean([emb(v, training=False).numpy() for v in tta_views(xs, tta)], axis=0)

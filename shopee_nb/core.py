@@ -6,6 +6,8 @@
 from __future__ import annotations
 import os, sys, io, re, random, json, shutil, subprocess, importlib, importlib.util, tempfile, warnings, contextlib, atexit, base64
 from dataclasses import dataclass, field, asdict, replace, fields
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,9 +15,10 @@ import numpy as np
 from tqdm.std import tqdm
 
 # %% auto #0
-__all__ = ['BERT_LARGE', 'BERT_PREPROCESS', 'PROFILES', 'Backends', 'backends', 'quiet_stderr', 'import_torch', 'import_tf',
-           'in_test', 'Config', 'default_profile', 'get_config', 'atomic_write', 'seed_everything', 'split_gpu_memory',
-           'find_shared', 'NotebookBar', 'progress', 'figure_image', 'figure_bundle', 'show_figure', 'report_setup']
+__all__ = ['MIN_COMPUTE_CAPABILITY', 'BERT_LARGE', 'BERT_PREPROCESS', 'PROFILES', 'Backends', 'backends', 'quiet_stderr',
+           'import_torch', 'import_tf', 'in_test', 'Config', 'default_profile', 'get_config', 'atomic_write',
+           'seed_everything', 'rmm_pool_bytes', 'split_gpu_memory', 'decode_workers', 'map_ordered', 'find_shared',
+           'NotebookBar', 'progress', 'figure_image', 'figure_bundle', 'show_figure', 'report_setup']
 
 # %% ../nbs/00_core.ipynb #70d918d5
 def _installed(mod: str) -> bool:
@@ -42,25 +45,56 @@ def _count_gpus() -> int:
 class Backends:
     "What this machine offers; ask `backends()`, never `try: import cudf` elsewhere."
     n_gpus: int
-    rapids: bool      # cuDF + cuML + CuPy on a GPU
+    rapids: bool      # cuDF + cuML + CuPy working on a GPU of compute capability >= 7.0
     tf: bool          # TensorFlow installed
     torch: bool       # PyTorch installed
     timm: bool
     faiss: bool
     sparse_dot_topn: bool
+    rapids_note: str = ''   # why RAPIDS is or is not used
     @property
     def gpu(self) -> bool: return self.n_gpus > 0
     def __str__(self):
-        on = [k for k, v in asdict(self).items() if v and k != 'n_gpus']
+        on = [k for k, v in asdict(self).items() if v is True]
         return f"{self.n_gpus} GPU(s); available: {', '.join(on) or 'nothing optional'}"
 
+# %% ../nbs/00_core.ipynb #48c1cb73
+MIN_COMPUTE_CAPABILITY = 70   # cuDF / cuML need Volta (7.0) or newer
+
+def _probe_rapids(
+    n_gpus:int,             # GPUs counted by `_count_gpus`
+    installed=_installed,   # is a module importable? (a parameter, so tests can pretend)
+) -> tuple[bool, str]:
+    "Can RAPIDS run here? Checks the GPU generation and runs a 2-row cuDF and cuML call; (usable, why)."
+    if n_gpus == 0: return False, 'no GPU'
+    missing = [m for m in ('cudf', 'cuml', 'cupy') if not installed(m)]
+    if missing: return False, f"{', '.join(missing)} not installed"
+    try:
+        import cupy
+        cc = int(cupy.cuda.Device().compute_capability)   # a string: '75' is 7.5
+        if cc < MIN_COMPUTE_CAPABILITY:
+            return False, f"GPU compute capability {cc // 10}.{cc % 10} < 7.0 (cuDF needs Volta or newer)"
+        import cudf
+        from cuml.neighbors import NearestNeighbors
+        cudf.Series([1.0, 2.0])
+        NearestNeighbors(n_neighbors=1).fit(cupy.asarray([[0.0], [1.0]], dtype='float32'))
+    except Exception as e:   # an import, driver or kernel failure: whatever it is, RAPIDS cannot be used
+        first_line = str(e).splitlines()[0][:120] if str(e) else ''
+        return False, f"RAPIDS failed a 2-row test ({type(e).__name__}: {first_line})"
+    return True, f'RAPIDS works (compute capability {cc // 10}.{cc % 10})'
+
+# %% ../nbs/00_core.ipynb #c4e334e8
 @lru_cache(None)
 def backends() -> Backends:
-    "Detect the machine's GPUs and optional libraries once (cached)."
+    "Detect the machine's GPUs and optional libraries once (cached); warn once when a GPU cannot use RAPIDS."
     n = _count_gpus()
-    return Backends(n_gpus=n, rapids=n > 0 and all(_installed(m) for m in ('cudf', 'cuml', 'cupy')),
-                    tf=_installed('tensorflow'), torch=_installed('torch'), timm=_installed('timm'),
-                    faiss=_installed('faiss'), sparse_dot_topn=_installed('sparse_dot_topn'))
+    rapids, note = _probe_rapids(n)
+    if n and not rapids:
+        warnings.warn(f"RAPIDS not used: {note}; TF-IDF and kNN run on the CPU path (scikit-learn, faiss)",
+                      stacklevel=2)
+    return Backends(n_gpus=n, rapids=rapids, tf=_installed('tensorflow'), torch=_installed('torch'),
+                    timm=_installed('timm'), faiss=_installed('faiss'),
+                    sparse_dot_topn=_installed('sparse_dot_topn'), rapids_note=note)
 
 # %% ../nbs/00_core.ipynb #78e6710a
 @contextlib.contextmanager
@@ -90,15 +124,17 @@ def import_torch():
     return torch
 
 def import_tf():
-    "Import and return `tensorflow` (after torch when torch is installed), its C++ logs silenced."
+    "Import and return `tensorflow` (after torch when installed), C++ logs silenced, capped if RAPIDS shares the GPU."
     if not _installed('tensorflow'):
         raise ImportError("TensorFlow is not installed: pip install 'shopee_nb[tf]'")
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')   # no C++ INFO/WARNING/ERROR lines; Python errors still raise
     if _installed('torch'): import torch  # noqa: F401  -- order matters, see above
-    if 'tensorflow' not in sys.modules:
+    first = 'tensorflow' not in sys.modules
+    if first:
         with quiet_stderr(): import tensorflow  # noqa: F401
     import tensorflow as tf
     tf.get_logger().setLevel('ERROR')
+    if first and backends().rapids: _cap_tf_memory(tf, get_config().tf_gpu_memory_mb)   # before TF touches the GPU
     return tf
 
 # %% ../nbs/00_core.ipynb #b77ba2d9
@@ -250,24 +286,77 @@ def seed_everything(seed: int = 42) -> int:
     return seed
 
 # %% ../nbs/00_core.ipynb #6defbd04
-def split_gpu_memory(tf_mb: int = 2048, rapids_pool: bool = True) -> dict:
-    "Cap TensorFlow at `tf_mb` MB per GPU and give RAPIDS a memory pool; a no-op without a GPU."
+_TF_CAP_MB = {}   # the cap applied to TensorFlow in this process: set once, TF refuses a second
+
+def _cap_tf_memory(tf, mb:int) -> int | None:
+    "Cap every GPU TensorFlow sees at `mb` MB, once per process; None (and a warning) if TF already holds it."
+    if 'mb' in _TF_CAP_MB: return _TF_CAP_MB['mb']
+    try:
+        for g in tf.config.list_physical_devices('GPU'):
+            tf.config.set_logical_device_configuration(g, [tf.config.LogicalDeviceConfiguration(memory_limit=mb)])
+    except RuntimeError as e:  # TF already initialised its GPUs
+        warnings.warn(f"TensorFlow GPU memory could not be capped ({e}); call split_gpu_memory() before any TF work")
+        return None
+    _TF_CAP_MB['mb'] = mb
+    return mb
+
+# %% ../nbs/00_core.ipynb #95fbec08
+def rmm_pool_bytes(
+    free_bytes:int,       # free device memory now (cudaMemGetInfo)
+    tf_mb:int=0,          # TensorFlow's cap, still free as TF allocates lazily (0: no TF in the process)
+    reserve_mb:int=1024,  # left for allocations outside RMM: CUDA contexts, cuBLAS/cuDNN workspaces, PyTorch
+) -> int:
+    "RAPIDS pool size: free memory minus TF's share minus the reserve, aligned down to 256 bytes (0 if none)."
+    return max(0, (free_bytes - (tf_mb + reserve_mb) * 2**20) // 256 * 256)
+
+# %% ../nbs/00_core.ipynb #3450a58a
+def split_gpu_memory(
+    tf_mb:int=2048,         # TensorFlow's cap per GPU, applied only when RAPIDS shares the process
+    rapids_pool:bool=True,  # give RAPIDS (and CuPy) an RMM pool sized by `rmm_pool_bytes`
+    reserve_mb:int=1024,    # device memory left outside both
+) -> dict:
+    "Cap TensorFlow at `tf_mb` MB when it shares the GPU with RAPIDS, give RAPIDS a sized pool; no-op without a GPU."
     b = backends()
     if not b.gpu: return {'applied': False, 'reason': 'no GPU on this machine'}
-    out = {'applied': True, 'tf_mb': None, 'rapids_pool': False}
-    if b.tf:
-        tf = import_tf()
-        try:
-            for g in tf.config.list_physical_devices('GPU'):
-                tf.config.set_logical_device_configuration(g, [tf.config.LogicalDeviceConfiguration(memory_limit=tf_mb)])
-            out['tf_mb'] = tf_mb
-        except RuntimeError as e:  # TF already initialised its GPUs
-            warnings.warn(f"TensorFlow GPU memory could not be capped ({e}); call split_gpu_memory() before any TF work")
+    out = {'applied': True, 'tf_mb': None, 'rapids_pool': False, 'pool_bytes': 0}
+    if b.tf and b.rapids: out['tf_mb'] = _cap_tf_memory(import_tf(), tf_mb)
     if b.rapids and rapids_pool and _installed('rmm'):
-        import rmm
-        rmm.reinitialize(pool_allocator=True)
-        out['rapids_pool'] = True
+        import cupy, rmm
+        from rmm.allocators.cupy import rmm_cupy_allocator
+        pool = rmm_pool_bytes(cupy.cuda.runtime.memGetInfo()[0], out['tf_mb'] or 0, reserve_mb)
+        if pool:
+            rmm.reinitialize(pool_allocator=True, initial_pool_size=pool, maximum_pool_size=pool)
+            cupy.cuda.set_allocator(rmm_cupy_allocator)
+            out.update(rapids_pool=True, pool_bytes=pool)
     return out
+
+# %% ../nbs/00_core.ipynb #0cce2f23
+def decode_workers() -> int:
+    "Threads for image decoding: `SHOPEE_DECODE_WORKERS`, else the CPU count up to 8."
+    return int(os.environ.get('SHOPEE_DECODE_WORKERS', 0)) or min(8, os.cpu_count() or 1)
+
+# %% ../nbs/00_core.ipynb #04bdad66
+def map_ordered(
+    fn,                   # called on each item (from a worker thread)
+    items,                # an iterable; consumed lazily
+    workers:int|None=None,  # threads (None: `decode_workers()`); 0 or 1 runs in this thread
+    window:int|None=None,   # most results submitted and not yet yielded (None: 2 x workers)
+):
+    "Yield `fn(item)` for each item in input order, computed in a thread pool with a bounded look-ahead."
+    workers = decode_workers() if workers is None else workers
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    window = max(1, window or 2 * workers)
+    it = iter(items)
+    with ThreadPoolExecutor(workers) as ex:
+        pending = deque(ex.submit(fn, x) for _, x in zip(range(window), it))
+        while pending:
+            done = pending.popleft()
+            for x in it:
+                pending.append(ex.submit(fn, x))
+                break
+            yield done.result()
 
 # %% ../nbs/00_core.ipynb #b66e4d19
 def find_shared(name: str) -> Path | None:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_knn_tfidf.ipynb #cb005636
 from __future__ import annotations
-import os, time, warnings
+import os, re, time, warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,10 +16,11 @@ from .data import DataError, make_folds, match_metrics, group_targets
 from .embeddings import Encoder, register_encoder, create_encoder
 
 # %% auto #0
-__all__ = ['TFIDF_PRESETS', 'MAX_DF_DOCS', 'DENSE_BACKENDS', 'APPROX_ABOVE', 'Neighbours', 'ensure_self', 'tfidf_features',
-           'TfidfEncoder', 'PhashEncoder', 'topk_sparse', 'topk_dense', 'topk_cosine', 'neighbours_to_csr', 'union_csr',
+__all__ = ['TFIDF_PRESETS', 'MAX_DF_DOCS', 'TOPK_BUDGET', 'DENSE_BACKENDS', 'APPROX_ABOVE', 'Neighbours', 'ensure_self',
+           'tfidf_features', 'cuml_ready', 'TfidfEncoder', 'PhashEncoder', 'topk_sparse', 'topk_scratch_bytes',
+           'topk_block_rows', 'topk_dense', 'topk_cosine', 'match_mask', 'neighbours_to_csr', 'union_csr',
            'csr_to_lists', 'csr_metrics', 'phash_to_uint64', 'hamming', 'phash_csr', 'phash_pairs', 'fold_neighbours',
-           'f1_curve', 'cv_threshold', 'phash_by_fold', 'evaluate_rules']
+           'f1_curve', 'cv_threshold', 'phash_by_fold', 'evaluate_rules', 'stage_time_table']
 
 # %% ../nbs/07_knn_tfidf.ipynb #8325d9fe
 @dataclass
@@ -75,12 +76,7 @@ def tfidf_features(titles, kind: str = 'word', max_df: float | None = None, back
         params['max_df'] = min(max(int(params['max_df'] * len(titles)), 1000), MAX_DF_DOCS)   # nor above MAX_DF_DOCS (millions of postings)
     if isinstance(params.get('min_df'), int) and params['min_df'] > 1 and len(titles) < 2 * params['min_df']: params['min_df'] = 1
     if backend == 'auto': backend = 'cuml' if backends().rapids else 'sklearn'
-    if backend == 'cuml':
-        import cudf
-        from cuml.feature_extraction.text import TfidfVectorizer as CuTfidf
-        params.pop('dtype', None); params.pop('token_pattern', None)
-        X = CuTfidf(**params).fit_transform(cudf.Series(titles.tolist()))
-        return sp.csr_matrix(X.get(), dtype=np.float32)
+    if backend == 'cuml': return _tfidf_cuml(titles, params)
     from sklearn.feature_extraction.text import TfidfVectorizer
     try: X = TfidfVectorizer(**params).fit_transform(titles)
     except ValueError as e:
@@ -90,6 +86,30 @@ def tfidf_features(titles, kind: str = 'word', max_df: float | None = None, back
         warnings.warn(f"tfidf_features({kind}): no usable tokens in any title; every row is empty")
         X = sp.csr_matrix((len(titles), 1), dtype=np.float32)
     return X.astype(np.float32).tocsr()
+
+# %% ../nbs/07_knn_tfidf.ipynb #1cd3fa98
+_WORD_TOKEN = re.compile(r'(?u)\b\w+\b')   # the word preset's token_pattern
+
+def cuml_ready(
+    titles,                 # raw titles (strings)
+    stop_words=None,        # 'english', a collection of words, or None: dropped, as sklearn drops them
+) -> list[str]:
+    "Each title as the tokens sklearn's word preset finds (lowercase, `\\w+` runs, stop words out), joined by spaces."
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+    stop = frozenset(ENGLISH_STOP_WORDS if stop_words == 'english' else stop_words or ())
+    return [' '.join(t for t in _WORD_TOKEN.findall(str(s).lower()) if t not in stop) for s in titles]
+
+# %% ../nbs/07_knn_tfidf.ipynb #90eba536
+def _tfidf_cuml(titles:pd.Series, params:dict) -> sp.csr_matrix:
+    "`tfidf_features` in cuML: titles tokenised on the CPU as sklearn would (`cuml_ready`), cuML's own preprocessing off."
+    import cudf
+    from cuml.feature_extraction.text import TfidfVectorizer as CuTfidf
+    params = {k: v for k, v in params.items() if k not in ('dtype', 'token_pattern')}
+    if params.get('analyzer', 'word') == 'word': docs = cuml_ready(titles, params.pop('stop_words', None))
+    else: docs = [' '.join(s.lower().split()) for s in titles]   # char_wb: sklearn splits words on any whitespace
+    params.update(lowercase=False, preprocessor=lambda s: s, delimiter=' ')
+    X = CuTfidf(**params).fit_transform(cudf.Series(docs))
+    return sp.csr_matrix(X.get(), dtype=np.float32)
 
 # %% ../nbs/07_knn_tfidf.ipynb #a1aad436
 class TfidfEncoder(Encoder):
@@ -142,17 +162,62 @@ def topk_sparse(X: sp.spmatrix, k: int = 50, Y: sp.spmatrix | None = None, thres
                        n_threads=n_threads or os.cpu_count() or 1)
     return _csr_to_neighbours(C, k)
 
-# %% ../nbs/07_knn_tfidf.ipynb #ce454140
-def _topk_numpy(Q: np.ndarray, X: np.ndarray, k: int, block: int = 2048) -> Neighbours:
-    n = len(Q); idx = np.empty((n, k), np.int32); sim = np.empty((n, k), np.float32)
-    for s in range(0, n, block):
-        S = Q[s:s + block] @ X.T
-        part = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < S.shape[1] else np.tile(np.arange(S.shape[1]), (len(S), 1))
-        ps = np.take_along_axis(S, part, 1)
-        o = np.argsort(-ps, axis=1, kind='stable')
-        idx[s:s + block] = np.take_along_axis(part, o, 1); sim[s:s + block] = np.take_along_axis(ps, o, 1)
+# %% ../nbs/07_knn_tfidf.ipynb #a2142fa7
+TOPK_BUDGET = 2 * 1024**3   # scratch bytes per block of the exact dense top-k (2 GiB: a T4 keeps room for TF and cuML)
+
+def topk_scratch_bytes(
+    rows:int,               # query rows in one block
+    n:int,                  # rows searched: the width of the block's similarity matrix
+    k:int,                  # neighbours kept per row
+    d:int=0,                # embedding width (the query block copied to the device)
+    itemsize:int=4,         # bytes per similarity (float32)
+    index_itemsize:int=8,   # bytes per index returned by argpartition / argsort (int64)
+) -> int:
+    "Peak scratch bytes of one `_topk_xp` block, every temporary counted."
+    wide = n * (3 * itemsize + 2 * index_itemsize)    # S; the sort's key copy and buffer; its index array and buffer
+    narrow = k * (4 * itemsize + 4 * index_itemsize)  # top-k indices, their sims, the order, the gathered copies
+    return rows * (d * itemsize + wide + narrow)
+
+# %% ../nbs/07_knn_tfidf.ipynb #dea2bacd
+def topk_block_rows(
+    n:int,                          # rows searched
+    k:int,                          # neighbours kept per row
+    budget_bytes:int=TOPK_BUDGET,   # scratch allowed per block
+    d:int=0,                        # embedding width
+    itemsize:int=4,                 # bytes per similarity
+    index_itemsize:int=8,           # bytes per index
+) -> int:
+    "Most query rows per block whose scratch fits `budget_bytes`; at least 1, so a tiny budget still makes progress."
+    return max(1, budget_bytes // topk_scratch_bytes(1, n, k, d, itemsize, index_itemsize))
+
+# %% ../nbs/07_knn_tfidf.ipynb #70bcdc43
+def _topk_xp(
+    Q:np.ndarray,                   # queries, n_q × d float32 in host memory
+    X:np.ndarray,                   # rows searched, n × d float32 in host memory (copied to the device once)
+    k:int,                          # neighbours per row, 1 <= k <= n
+    xp=np,                          # the array module: `numpy`, or `cupy` on a GPU
+    budget_bytes:int=TOPK_BUDGET,   # scratch per block (see `topk_scratch_bytes`)
+) -> Neighbours:
+    "Exact top-`k` inner products of `Q` against `X`, a block of query rows at a time; one code for NumPy and CuPy."
+    to_host = getattr(xp, 'asnumpy', np.asarray)
+    n = len(X)
+    Xd = xp.asarray(X)
+    block = topk_block_rows(n, k, budget_bytes, d=X.shape[1])
+    idx = np.empty((len(Q), k), np.int32)
+    sim = np.empty((len(Q), k), np.float32)
+    for s in range(0, len(Q), block):
+        S = xp.asarray(Q[s:s + block]) @ Xd.T
+        if k < n: part = xp.argpartition(S, n - k, axis=1)[:, n - k:]
+        else: part = xp.broadcast_to(xp.arange(n), S.shape)
+        part = xp.sort(part, axis=1)    # equal similarities come out in index order
+        ps = xp.take_along_axis(S, part, 1)
+        del S
+        o = xp.argsort(-ps, axis=1, kind='stable')
+        idx[s:s + block] = to_host(xp.take_along_axis(part, o, 1))
+        sim[s:s + block] = to_host(xp.take_along_axis(ps, o, 1))
     return Neighbours(idx, sim)
 
+# %% ../nbs/07_knn_tfidf.ipynb #ce454140
 def _topk_faiss(Q, X, k, approximate=False, threads=None):
     import faiss
     if threads: faiss.omp_set_num_threads(threads)
@@ -164,16 +229,6 @@ def _topk_faiss(Q, X, k, approximate=False, threads=None):
         index = faiss.IndexFlatIP(d); index.add(X)
     sim, idx = index.search(Q, k)
     sim = np.where(idx < 0, -np.inf, sim)
-    return Neighbours(idx, sim)
-
-def _topk_cupy(Q, X, k, block=8192):
-    import cupy as cp
-    Xg = cp.asarray(X); n = len(Q); idx = np.empty((n, k), np.int32); sim = np.empty((n, k), np.float32)
-    for s in range(0, n, block):
-        S = cp.asarray(Q[s:s + block]) @ Xg.T
-        part = cp.argpartition(-S, k - 1, axis=1)[:, :k]; ps = cp.take_along_axis(S, part, 1)
-        o = cp.argsort(-ps, axis=1)
-        idx[s:s + block] = cp.take_along_axis(part, o, 1).get(); sim[s:s + block] = cp.take_along_axis(ps, o, 1).get()
     return Neighbours(idx, sim)
 
 DENSE_BACKENDS = ('auto', 'numpy', 'faiss', 'hnsw', 'cupy')
@@ -190,8 +245,10 @@ def topk_dense(X: np.ndarray, k: int = 50, Y: np.ndarray | None = None, backend:
     if backend == 'auto':
         b = backends()
         backend = 'cupy' if b.gpu and b.rapids else ('hnsw' if len(Y) > APPROX_ABOVE else ('faiss' if b.faiss else 'numpy'))
-    if backend == 'numpy': return _topk_numpy(Q, Y, k)
-    if backend == 'cupy': return _topk_cupy(Q, Y, k)
+    if backend == 'numpy': return _topk_xp(Q, Y, k, np)
+    if backend == 'cupy':
+        import cupy
+        return _topk_xp(Q, Y, k, cupy)
     return _topk_faiss(Q, Y, k, approximate=backend == 'hnsw')
 
 def topk_cosine(X, k: int = 50, backend: str = 'auto', self_match: bool = True) -> Neighbours:
@@ -200,20 +257,33 @@ def topk_cosine(X, k: int = 50, backend: str = 'auto', self_match: bool = True) 
     return ensure_self(nb) if self_match else nb
 
 # %% ../nbs/07_knn_tfidf.ipynb #9fa4f091
+def match_mask(
+    idx,                        # neighbour indices, n × k (-1 = none), each row sorted by decreasing `sim`
+    sim,                        # their similarities, n × k
+    threshold:float,            # a neighbour with `sim >= threshold` matches
+    min2:float|None=None,       # a row matched only to itself takes its nearest neighbour if `sim >= min2`
+    cap:int=50,                 # at most this many matches per row (self included)
+    xp=np,                      # array module of `idx` and `sim` (`numpy`, or `cupy` on a GPU)
+):
+    "Boolean n × k mask of the neighbours each row matches: the threshold, self always in, the min2 rule, the cap."
+    n, k = idx.shape
+    rows = xp.arange(n)
+    keep = (sim >= threshold) & (idx >= 0)
+    keep |= idx == rows[:, None]
+    if min2 is not None and k > 1:
+        lonely = keep.sum(1) <= 1
+        nonself = (idx != rows[:, None]) & (idx >= 0)
+        first = xp.argmax(nonself, axis=1)
+        ok = lonely & nonself[rows, first] & (sim[rows, first] >= min2)
+        keep[rows[ok], first[ok]] = True
+    # rows are sorted by similarity with self first, so the cap keeps the strongest
+    keep &= xp.cumsum(keep, axis=1) <= cap
+    return keep
+
 def neighbours_to_csr(nb: Neighbours, threshold: float, min2: float | None = None, cap: int = 50) -> sp.csr_matrix:
     "Match sets as a boolean CSR matrix: neighbours with `sim >= threshold` (self always in), the min2 rule, at most `cap` per row."
     n, k = nb.idx.shape
-    rows = np.arange(n)
-    keep = (nb.sim >= threshold) & (nb.idx >= 0)
-    keep |= nb.idx == rows[:, None]
-    if min2 is not None and k > 1:
-        lonely = keep.sum(1) <= 1
-        nonself = (nb.idx != rows[:, None]) & (nb.idx >= 0)
-        first = np.argmax(nonself, axis=1)
-        ok = lonely & nonself[rows, first] & (nb.sim[rows, first] >= min2)
-        keep[rows[ok], first[ok]] = True
-    # rows are sorted by similarity with self first, so the cap keeps the strongest
-    keep &= np.cumsum(keep, axis=1) <= cap
+    keep = match_mask(nb.idx, nb.sim, threshold, min2, cap)
     r, c = np.nonzero(keep)
     M = sp.csr_matrix((np.ones(len(r), bool), (r, nb.idx[r, c])), shape=(n, n))
     M.setdiag(True)
@@ -388,3 +458,23 @@ def evaluate_rules(feats: dict, labels, phashes, folds, min2: float = 0.35) -> t
             r = res[label_] = cv_threshold(pf, labels, extra=ex, min2=m2)
             rows.append(dict(model=label_, f1=r['f1'], precision=r['precision'], recall=r['recall'], threshold=r['threshold']))
     return pd.DataFrame(rows).round(4), res
+
+# %% ../nbs/07_knn_tfidf.ipynb #7d91fcb4
+def stage_time_table(
+    per_item:dict,                 # stage -> measured seconds per posting
+    n:int=70_000,                  # postings to plan for
+    measured_at:dict|None=None,    # stage -> the n it was measured at, where the cost per posting grows with n
+    workers:dict|None=None,        # stage -> workers that split it (decoding threads)
+) -> pd.DataFrame:
+    "Planned seconds and minutes of each stage for `n` postings from measured per-posting costs, and their total."
+    measured_at, workers = measured_at or {}, workers or {}
+    rows = []
+    for stage, s in per_item.items():
+        grow = n / measured_at[stage] if stage in measured_at else 1.0
+        sec = s * n * grow / max(1, workers.get(stage, 1))
+        rows.append(dict(stage=stage, ms_per_posting=1000 * s, scale=grow, workers=workers.get(stage, 1),
+                         seconds=sec))
+    t = pd.DataFrame(rows)
+    t = pd.concat([t, pd.DataFrame([dict(stage='total', seconds=t['seconds'].sum())])], ignore_index=True)
+    t['minutes'] = t['seconds'] / 60
+    return t

@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from .core import Config, get_config, import_torch, atomic_write, progress, seed_everything, backends
+from .core import map_ordered
 from .data import load_image, DataError
 
 import_torch()                      # a clear error when PyTorch is absent
@@ -698,10 +699,13 @@ def encode_paths(model:ShopeeImageModel, paths, # the model and a batch of image
                 ) -> np.ndarray:
     "Embeddings of the images at `paths` (mean of the L2-normalised views); unreadable files give zero rows."
     t = image_transform(img_size, model.mean, model.std)
+    def read(p):
+        try: return t(load_image(p, img_size))
+        except (DataError, OSError) as e: return e
     xs, ok = [], []
-    for i, p in enumerate(paths):
-        try: xs.append(t(load_image(p, img_size))); ok.append(i)
-        except (DataError, OSError) as e: warnings.warn(f"{name}: cannot read image {p} ({e}); it gets no image neighbours")
+    for i, (p, x) in enumerate(zip(paths, map_ordered(read, paths))):   # decoded in threads, in order
+        if isinstance(x, Exception): warnings.warn(f"{name}: cannot read image {p} ({x}); it gets no image neighbours")
+        else: xs.append(x); ok.append(i)
     out = np.zeros((len(paths), model.arch['fc_dim']), np.float32)
     if ok:
         x = torch.stack(xs).to(model.head.weight.device)
