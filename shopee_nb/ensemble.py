@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_ensemble.ipynb #32818d36
 from __future__ import annotations
-import json, math, re, shutil, time, warnings
+import inspect, json, math, re, shutil, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -412,8 +412,8 @@ class GBDTScorer:
         ds = lgb.Dataset(_matrix(F, self.features)[rows], y[rows].astype(np.float32), weight=w,
                          feature_name=[f'f{i}' for i in range(len(self.features))], free_raw_data=True)
         cfg = dict(objective='binary', num_leaves=p['num_leaves'], learning_rate=p['learning_rate'],
-                   min_child_samples=min(p['min_child_samples'], max(5, int(y.sum()) // 20)),   # small data: smaller leaves feature_fraction=p['feature_fraction'],
-                   bagging_fraction=p['bagging_fraction'], bagging_freq=1, seed=p['seed'],
+                   min_child_samples=min(p['min_child_samples'], max(5, int(y.sum()) // 20)),   # small data: smaller leaves
+                   feature_fraction=p['feature_fraction'], bagging_fraction=p['bagging_fraction'], bagging_freq=1, seed=p['seed'],
                    num_threads=_threads(p['threads']), verbose=-1, deterministic=True, force_row_wise=True)
         self.booster = lgb.train(cfg, ds, num_boost_round=p['n_estimators'])
         return self
@@ -785,6 +785,43 @@ def _check_scorer(s, folder:Path, where:str):
         _check(all(_finite(c) for c in scorer.coef) and _finite(scorer.intercept), where, 'scorer coefficients must be finite')
     return scorer
 
+# %% ../nbs/08_ensemble.ipynb #414466a9
+def _check_meta(meta, where:str) -> dict:
+    "The model's `meta`: the fields `match` reads (neighbours `k`, phash `max_dist`, the title `vocab`) checked."
+    _check(isinstance(meta, dict), where, 'meta must be an object')
+    k, d = meta.get('k', 50), meta.get('max_dist', 0)
+    whole = lambda x: isinstance(x, int) and not isinstance(x, bool)
+    _check(whole(k) and 1 <= k <= 10_000, where, f'meta.k must be a whole number of neighbours, not {k!r}')
+    _check(whole(d) and 0 <= d <= 64, where, f'meta.max_dist must be a phash distance 0-64, not {d!r}')
+    vocab = meta.get('vocab', [])
+    _check(isinstance(vocab, list) and all(isinstance(w, str) for w in vocab), where, 'meta.vocab must be a list of words')
+    return meta
+
+# %% ../nbs/08_ensemble.ipynb #08f0fa68
+def _check_cv(cv, where:str) -> dict:
+    "A member's held-out record: the numbers `match` prints (`f1`, `pool_size` ...) are finite."
+    _check(isinstance(cv, dict), where, 'cv must be an object')
+    for k in ('f1', 'precision', 'recall', 'pool_size'):
+        _check(k not in cv or _finite(cv[k]), where, f'cv.{k} must be a finite number, not {cv.get(k)!r}')
+    mm = cv.get('mean_matches', 0.0)   # NaN when the fit could not measure it
+    number = isinstance(mm, (int, float)) and not isinstance(mm, bool)
+    _check(number, where, f'cv.mean_matches must be a number, not {mm!r}')
+    return cv
+
+# %% ../nbs/08_ensemble.ipynb #5aa371a0
+def _check_step(s, where:str):
+    "A step entry: a registered name; each parameter one its function takes, of the default's type, finite, 0-1000."
+    ok = isinstance(s, dict) and s.get('name') in STEPS and isinstance(s.get('params', {}), dict)
+    _check(ok, where, f"unknown or malformed step {s!r}")
+    sig = inspect.signature(STEPS[s['name']].fn).parameters
+    for k, v in s.get('params', {}).items():
+        known = k in sig and sig[k].default is not inspect.Parameter.empty
+        _check(known, where, f"step {s['name']} has no parameter {k!r}")
+        kind = int if isinstance(sig[k].default, int) else float
+        ok = _finite(v) and (kind is float or isinstance(v, int)) and 0 <= v <= 1000
+        what = 'a whole number' if kind is int else 'a number'
+        _check(ok, where, f"step {s['name']}: {k} must be {what} from 0 to 1000, not {v!r}")
+
 # %% ../nbs/08_ensemble.ipynb #f1b6cf06
 def load_model(folder, # a folder written by `shopee_nb fit` (or `merge`)
               ) -> MatchModel:
@@ -804,8 +841,7 @@ def load_model(folder, # a folder written by `shopee_nb fit` (or `merge`)
     _check(len(set(names)) == len(names), str(p), 'two encoders share a name')
     steps = d.get('steps', [])
     _check(isinstance(steps, list), str(p), 'steps must be a list')
-    for s in steps:
-        _check(isinstance(s, dict) and s.get('name') in STEPS and isinstance(s.get('params', {}), dict), str(p), f"unknown or malformed step {s!r}")
+    for s in steps: _check_step(s, str(p))
     mems = d.get('members')
     _check(isinstance(mems, list) and mems, str(p), 'members must be a non-empty list')
     members = []
@@ -814,10 +850,10 @@ def load_model(folder, # a folder written by `shopee_nb fit` (or `merge`)
         _check(isinstance(m, dict) and isinstance(m.get('name'), str), where, 'a member needs a name')
         _check(isinstance(m.get('encoders'), list) and m['encoders'] and set(m['encoders']) <= set(names), where, 'its encoders must be encoders of the model')
         members.append(Member(m['name'], list(m['encoders']), _check_scorer(m.get('scorer'), folder, where), m['scorer'],
-                              _check_rule(m.get('rule'), where), m.get('cv', {}) if isinstance(m.get('cv'), dict) else {}))
+                              _check_rule(m.get('rule'), where), _check_cv(m.get('cv', {}), where)))
     combine = d.get('combine', 'any')
     _check(combine in COMBINE, str(p), f"combine must be one of {list(COMBINE)}, not {combine!r}")
-    meta = d.get('meta', {}) if isinstance(d.get('meta'), dict) else {}
+    meta = _check_meta(d.get('meta', {}), str(p))
     return MatchModel(encs, members, steps, meta, folder, combine)
 
 # %% ../nbs/08_ensemble.ipynb #ccb1ec6f
@@ -922,11 +958,24 @@ class Pool:
     J: np.ndarray
     F: dict
     labels: np.ndarray   # of every posting of the pool
+    folds: np.ndarray|None = None   # the fold of every posting of the pool
     @property
     def y(self) -> np.ndarray: return self.labels[self.I] == self.labels[self.J]
 
+    def pairs_without(self, fold:int) -> np.ndarray:
+        "Mask of the pairs that touch no posting of `fold`: what a scorer validated on `fold` may train on."
+        if self.folds is None: return np.ones(len(self.I), bool)
+        return (self.folds[self.I] != fold) & (self.folds[self.J] != fold)
+
+    def pairs_once(self) -> np.ndarray:
+        "Mask that keeps each pair once over the largest pools of all folds: a pair belongs to its lower fold's pool."
+        if self.folds is None: return np.ones(len(self.I), bool)
+        return np.minimum(self.folds[self.I], self.folds[self.J]) == self.fold
+
 # %% ../nbs/08_ensemble.ipynb #335e963b
-def make_pool(df:pd.DataFrame, rows:np.ndarray, n_scored:int, encs:list, dense:dict, steps:list, cfg:Config, fold:int) -> Pool:
+def make_pool(df:pd.DataFrame, rows:np.ndarray, n_scored:int, encs:list, dense:dict, steps:list, cfg:Config, fold:int,
+              folds:np.ndarray|None=None, # the fold of every row of `df`
+             ) -> Pool:
     "The validation pool of `df.iloc[rows]` (its first `n_scored` rows are scored): views, pairs, features."
     d = df.iloc[rows].reset_index(drop=True)
     views = []
@@ -935,7 +984,8 @@ def make_pool(df:pd.DataFrame, rows:np.ndarray, n_scored:int, encs:list, dense:d
         else: views.append(encode_view(e, d, cfg))
     ctx = pool_context(d, views, steps, cfg.k, cfg.phash_max_dist)
     keep = (ctx.I < n_scored) | (ctx.J < n_scored)
-    return Pool(fold, len(d), n_scored, ctx.I[keep], ctx.J[keep], {k: v[keep] for k, v in ctx.F.items()}, d['label_group'].to_numpy())
+    F = {k: v[keep] for k, v in ctx.F.items()}
+    return Pool(fold, len(d), n_scored, ctx.I[keep], ctx.J[keep], F, d['label_group'].to_numpy(), None if folds is None else folds[rows])
 
 # %% ../nbs/08_ensemble.ipynb #4e777f6c
 def pool_rows(scored:np.ndarray, # the held-out fold's rows
@@ -964,7 +1014,7 @@ def validation_pools(df:pd.DataFrame, folds:np.ndarray, fold_encs:dict, steps:li
         scored, other = np.flatnonzero(folds == f), rng.permutation(np.flatnonzero(folds != f))
         dense = {e.name: encode_view(e, df, cfg).X for e in fold_encs[f] if e.modality != 'phash' and not e.sparse}
         for s, d in pool_rows(scored, other, labels, split, cfg.seed):
-            pools.append(make_pool(df, np.r_[s, d], len(s), fold_encs[f], dense, steps, cfg, f))
+            pools.append(make_pool(df, np.r_[s, d], len(s), fold_encs[f], dense, steps, cfg, f, folds))
     return pools
 
 # %% ../nbs/08_ensemble.ipynb #14b9a136
@@ -972,15 +1022,16 @@ def oof_scores(pools:list, # validation pools of every fold
                scorer_spec:dict, # the scorer to train
                features=None, # a predicate on feature names (default: every feature)
               ) -> list:
-    "For each pool, its pairs' probabilities from a scorer trained on the other folds' largest pools."
+    "For each pool, its pairs' probabilities from a scorer trained on the other folds' largest pools, on pairs that touch no posting of its fold."
     folds = sorted({p.fold for p in pools})
     largest = {f: max((p for p in pools if p.fold == f), key=lambda p: p.n) for f in folds}
     keep = lambda F: {k: v for k, v in F.items() if features is None or features(k)}
     out = [None] * len(pools)
     for f in progress(folds, desc='out-of-fold scorers'):
-        train = [largest[g] for g in folds if g != f]
-        F = {k: np.concatenate([p.F[k] for p in train]) for k in keep(train[0].F)}
-        scorer = create_scorer(scorer_spec['name'], **scorer_spec.get('params', {})).fit(F, np.concatenate([p.y for p in train]))
+        train = [(largest[g], largest[g].pairs_without(f)) for g in folds if g != f]
+        F = {k: np.concatenate([p.F[k][m] for p, m in train]) for k in keep(train[0][0].F)}
+        y = np.concatenate([p.y[m] for p, m in train])
+        scorer = create_scorer(scorer_spec['name'], **scorer_spec.get('params', {})).fit(F, y)
         for i, p in enumerate(pools):
             if p.fold == f: out[i] = scorer.predict(keep(p.F))
     return out
@@ -1127,7 +1178,7 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
     steps = DEFAULT_STEPS if steps is None else steps
     scorer = DEFAULT_SCORER if scorer is None else scorer
     key = dict(data=postings_fingerprint(df), encoders=specs, steps=steps, scorer=scorer, n_folds=n_folds, split=split,
-               seed=cfg.seed, k=cfg.k, max_dist=cfg.phash_max_dist, version=2)
+               seed=cfg.seed, k=cfg.k, max_dist=cfg.phash_max_dist, version=3)
     state = keyed_state(out/'state', key, log)
     if (state/'done').is_file() and (out/'model.json').is_file():
         log(f"{out} already holds this fit (same data and settings): nothing to do")
@@ -1148,8 +1199,10 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
     steps = [st for st in steps if step_entry(st['name']).stage != 'matches' or st['name'] in kept]
     with _timed(times, 'final scorer'):
         largest = [max((p for p in pools if p.fold == f), key=lambda p: p.n) for f in range(n_folds)]
-        F = {k: np.concatenate([p.F[k] for p in largest]) for k in largest[0].F}
-        final = create_scorer(scorer['name'], **scorer.get('params', {})).fit(F, np.concatenate([p.y for p in largest]))
+        once = [p.pairs_once() for p in largest]
+        F = {k: np.concatenate([p.F[k][m] for p, m in zip(largest, once)]) for k in largest[0].F}
+        y = np.concatenate([p.y[m] for p, m in zip(largest, once)])
+        final = create_scorer(scorer['name'], **scorer.get('params', {})).fit(F, y)
     name = member_name(specs)
     sspec = final.save(out, f'scorers/{name}')
     if 'file' in sspec: sspec['sha256'] = file_sha256(child_path(out, sspec['file']))
