@@ -80,9 +80,10 @@ def tfidf_features(titles, kind: str = 'word', max_df: float | None = None, back
     from sklearn.feature_extraction.text import TfidfVectorizer
     try: X = TfidfVectorizer(**params).fit_transform(titles)
     except ValueError as e:
-        if 'no terms remain' in str(e) and opts.get('max_df') != 1.0:    # every n-gram is frequent (e.g. identical titles): keep them
-            return tfidf_features(titles, kind, backend=backend, **{**opts, 'max_df': 1.0})
-        if 'empty vocabulary' not in str(e): raise
+        pruned = 'no terms remain' in str(e)   # every n-gram too frequent (identical titles) or too rare (no two titles share one)
+        if pruned and (max_df != 1.0 or params.get('min_df', 1) != 1):   # keep them all, once
+            return tfidf_features(titles, kind, max_df=1.0, backend=backend, **{**opts, 'min_df': 1})
+        if not pruned and 'empty vocabulary' not in str(e): raise
         warnings.warn(f"tfidf_features({kind}): no usable tokens in any title; every row is empty")
         X = sp.csr_matrix((len(titles), 1), dtype=np.float32)
     return X.astype(np.float32).tocsr()
