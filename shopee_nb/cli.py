@@ -87,9 +87,11 @@ def check_overrides(model, # the loaded model
 
 # %% ../nbs/09_cli.ipynb #b1b7ce6f
 def _config(profile:str|None, cache:str|None) -> Config:
-    "Runtime settings: the profile (default: `gpu` with a GPU, else `cpu`) and the cache folder."
+    "Runtime settings: the profile (default: `gpu` with a GPU, else `cpu`) and the cache folder (which must be a folder)."
     cfg = get_config(profile) if profile else get_config()
     if cache: cfg.cache = Path(cache).expanduser()
+    if cfg.cache.exists() and not cfg.cache.is_dir():
+        raise DataError(f"the cache folder {cfg.cache} is a file: pass --cache a folder (or set SHOPEE_CACHE to one)")
     return cfg
 
 # %% ../nbs/09_cli.ipynb #59058dc3
@@ -130,6 +132,7 @@ def cmd_fit(data:str, # folder in the Kaggle layout with a labelled train.csv
            ):
     "Fit encoders, pair scorer and the pool rule on a labelled train.csv, validated at deployment scale."
     cfg, st = _config(profile, cache), Stages()
+    if Path(out).exists() and not Path(out).is_dir(): raise DataError(f"--out {out} is a file: name a run folder to write")
     specs = choose_encoders(cfg.profile, encoders, text_encoder, image_encoder)
     with st('load train postings'): df = load_postings(Path(data), 'train', max_rows=max_rows)
     print(f"fit: {len(df):,} postings, {df['label_group'].nunique():,} groups, {int(df['has_image'].sum()):,} images; "
@@ -283,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/09_cli.ipynb #9815a6ab
 def main(argv:list|None=None) -> int:
     "Run a command; a user error ends in one line on stderr and exit code 2."
+    for stream in (sys.stdout, sys.stderr):   # an ASCII-only console must not turn a report line into a failure
+        if hasattr(stream, 'reconfigure'): stream.reconfigure(errors='backslashreplace')
     args = vars(build_parser().parse_args(argv))
     command, fn = args.pop('command'), args.pop('fn')
     warnings.simplefilter('default')

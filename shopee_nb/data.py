@@ -274,9 +274,10 @@ def make_sample(folder, n_products: int = 60, n_test_products: int | None = None
                 img_size: int = 160) -> Path:
     "Write a deterministic synthetic data set in the exact Kaggle layout to `folder`; returns `folder`."
     folder = Path(folder)
-    if any((folder/n).exists() for n in ('train.csv', 'test.csv')) and not (folder/SAMPLE_MARK).is_file():
-        raise DataError(f"{folder} already holds a train.csv or test.csv that shopee_nb did not generate: "
-                        f"refusing to overwrite it; write the sample into a new folder")
+    if folder.exists() and not folder.is_dir(): raise DataError(f"{folder} is a file: name a new folder for the sample")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder/SAMPLE_MARK).is_file():
+        raise DataError(f"{folder} already holds files that shopee_nb did not generate (a train.csv, test.csv or images): "
+                        f"refusing to write into it; write the sample into a new or empty folder")
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_test = n_products // 3 if n_test_products is None else n_test_products
@@ -375,19 +376,37 @@ def match_metrics(preds, labels) -> dict:
     "Mean F1, precision and recall."
     return {k: float(v) for k, v in match_scores(preds, labels).mean().items()}
 
-# %% ../nbs/01_data.ipynb #e5d1c83c
-MAX_PIXELS = 400_000_000
+# %% ../nbs/01_data.ipynb #51916fdd
+MAX_PIXELS = 40_000_000   # the most pixels `load_image` decodes (about 120 MB as RGB)
 
-def load_image(path, size: int | None = None) -> Image.Image:
-    "Load `path` as RGB (EXIF orientation applied); if `size`, resized to `size` x `size`."
+# %% ../nbs/01_data.ipynb #28b1e878
+def _draft_target(w:int, h:int, size:int|None) -> tuple[int, int]:
+    "The size to ask a JPEG decoder for: about `size`, or (without one) small enough to stay under `MAX_PIXELS`."
+    if size: return (size, size)
+    s = math.sqrt(MAX_PIXELS/(w*h)) if w*h else 1.0
+    return (w, h) if s >= 1 else (max(1, int(w*s/2)), max(1, int(h*s/2)))
+
+# %% ../nbs/01_data.ipynb #1d32ff9e
+def load_image(path, # the image file
+               size:int|None=None, # side of the square result (None: as decoded)
+              ) -> Image.Image:
+    """Load `path` as RGB (EXIF orientation applied); if `size`, resized to `size` x `size`.
+    Decoding is capped: JPEGs are decoded at a reduced scale, other images over `MAX_PIXELS` raise `DataError`."""
     try:
-        with Image.open(path) as im:
-            if im.width*im.height > MAX_PIXELS: raise DataError(f"image {path} is {im.width}x{im.height}: too large")
-            if size and im.format == 'JPEG': im.draft('RGB', (size, size))
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            if im.format == 'JPEG': im.draft('RGB', _draft_target(im.width, im.height, size))
+            if im.width*im.height > MAX_PIXELS:
+                raise DataError(f"cannot read image {path}: {im.width}x{im.height} pixels is over the "
+                                f"{MAX_PIXELS:,}-pixel cap (data.MAX_PIXELS)")
             im = ImageOps.exif_transpose(im)
             if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info):
-                im = im.convert('RGBA'); bg = Image.new('RGB', im.size, (255, 255, 255))
-                bg.paste(im, mask=im.getchannel('A')); im = bg
+                im = im.convert('RGBA')
+                bg = Image.new('RGB', im.size, (255, 255, 255))
+                bg.paste(im, mask=im.getchannel('A'))
+                im = bg
             elif im.mode == 'I;16' or im.mode == 'I': im = im.point(lambda v: v/256).convert('L')
             im = im.convert('RGB')
             if size: im = im.resize((size, size), Image.BILINEAR)

@@ -282,3 +282,193 @@ def test_submission_is_utf8_whatever_the_locale(data, cache):
     assert r.returncode == 0, r.stderr[-2000:]
     sub = pd.read_csv(data/'submission.csv', dtype=str, encoding='utf-8')
     assert sub.posting_id.str.startswith('é').all()
+
+# ---------------------------------------------------------------- round two: in-process cases (each well under a second)
+from shopee_nb.cli import main as cli_main
+
+@pytest.fixture
+def here(monkeypatch, capsys, tmp_path):
+    "`shopee_nb ARGS` in this process (smoke profile, a fresh cache): returns (exit code, stderr)."
+    monkeypatch.setenv('SHOPEE_PROFILE', 'smoke'); monkeypatch.setenv('SHOPEE_CACHE', str(tmp_path/'cache'))
+    monkeypatch.delenv('SHOPEE_NB_DEBUG', raising=False)
+    def go(*args):
+        capsys.readouterr()
+        rc = cli_main([str(a) for a in args])
+        cap = capsys.readouterr()
+        go.stdout = cap.out
+        return rc, cap.err
+    return go
+
+def one_line(rc_err):
+    "Exit code 2 and exactly one line, starting `shopee_nb`, as the last line of stderr."
+    rc, err = rc_err
+    assert rc == 2 and 'Traceback' not in err, (rc, err[-2000:])
+    lines = [l for l in err.splitlines() if l.startswith('shopee_nb')]
+    assert len(lines) == 1 and err.rstrip('\n').splitlines()[-1] == lines[0], err[-2000:]
+    return lines[0]
+
+@pytest.fixture(scope='module')
+def text_run(base, tmp_path_factory):
+    "A text + phash model fitted at smoke size on the base sample (no CNN, so matching with it is quick)."
+    from shopee_nb.core import get_config
+    from shopee_nb.data import load_postings
+    from shopee_nb.ensemble import fit_model
+    out = tmp_path_factory.mktemp('textrun')/'run'
+    specs = [dict(name=n, params={}) for n in ['tfidf-word', 'tfidf-char', 'phash']]
+    fit_model(load_postings(base, 'train'), get_config('smoke', cache=tmp_path_factory.mktemp('c')), out, specs, n_folds=2, log=lambda *a: None)
+    return out
+
+@pytest.fixture
+def model(text_run, tmp_path):
+    "A copy of the fitted text model to tamper with; `model.spec` is its model.json as a dict."
+    d = tmp_path/'model'; shutil.copytree(text_run, d, ignore=shutil.ignore_patterns('state'))
+    return d
+
+def tamper(folder, fn):
+    spec = json.loads((folder/'model.json').read_text()); fn(spec); (folder/'model.json').write_text(json.dumps(spec))
+
+def text_match(here, data, run, out=None):
+    out = out or data/'submission.csv'
+    rc, err = here('match', data, '--run', run, '--out', out)
+    return rc, err, out
+
+def test_sample_into_a_folder_with_a_users_test_csv(tmp_path, here):
+    mine = tmp_path/'mine'; mine.mkdir(); (mine/'test.csv').write_text('mine\n')
+    assert 'did not generate' in one_line(here('sample', mine)) and (mine/'test.csv').read_text() == 'mine\n'
+
+def test_sample_into_a_folder_with_a_users_images(tmp_path, here):
+    mine = tmp_path/'mine'; (mine/'train_images').mkdir(parents=True); (mine/'train_images'/'x.jpg').write_bytes(b'mine')
+    assert 'did not generate' in one_line(here('sample', mine))
+    assert [p.name for p in mine.rglob('*')] == ['train_images', 'x.jpg']
+
+def test_out_is_a_symlink_to_the_input(data, here):
+    before = sha(data/'test.csv'); (data/'link.csv').symlink_to(data/'test.csv')
+    assert 'is not a submission' in one_line(here('match', data, '--out', data/'link.csv'))
+    assert sha(data/'test.csv') == before
+
+def test_out_inside_a_file(data, here):
+    assert 'is a file, not a folder' in one_line(here('match', data, '--out', data/'test.csv'/'sub.csv'))
+
+def test_cache_path_is_a_file(data, text_run, here, tmp_path):
+    (tmp_path/'afile').write_text('x')
+    line = one_line(here('match', data, '--run', text_run, '--out', tmp_path/'s.csv', '--cache', tmp_path/'afile'))
+    assert 'afile' in line
+
+def test_run_folder_missing(data, here, tmp_path):
+    assert 'is not a folder' in one_line(here('match', data, '--run', tmp_path/'nope'))
+
+def test_model_json_missing(model, data, here):
+    (model/'model.json').unlink()
+    assert 'model.json not found' in one_line(text_match(here, data, model)[:2])
+
+def test_model_json_not_json(model, data, here):
+    (model/'model.json').write_text('{"format": "shopee_nb.MatchModel", ')
+    assert 'is not valid JSON' in one_line(text_match(here, data, model)[:2])
+
+@pytest.mark.parametrize('value', [float('nan'), float('inf'), 'high', None])
+def test_threshold_not_a_finite_number(model, data, here, value):
+    tamper(model, lambda s: s['members'][0]['rule'].__setitem__('a', value))
+    assert 'rule.a must be a finite number' in one_line(text_match(here, data, model)[:2])
+
+def test_scorer_weights_changed(model, data, here):
+    "A scorer's file (gradient-boosted trees) edited after fit fails its sha256; inline coefficients must be finite."
+    spec = json.loads((model/'model.json').read_text())['members'][0]['scorer']
+    if 'file' in spec:
+        f = model/spec['file']; f.write_bytes(f.read_bytes() + b' ')
+        assert 'does not match its sha256' in one_line(text_match(here, data, model)[:2])
+    else:
+        tamper(model, lambda s: s['members'][0]['scorer']['coef'].__setitem__(0, float('nan')))
+        assert 'coefficients must be finite' in one_line(text_match(here, data, model)[:2])
+
+@pytest.mark.parametrize('name', ['../../etc/passwd', '/etc/passwd'])
+def test_scorer_file_outside_the_folder(model, data, here, name):
+    tamper(model, lambda s: s['members'][0]['scorer'].__setitem__('file', name))
+    assert 'scorer' in one_line(text_match(here, data, model)[:2])
+
+def test_encoder_folder_outside_the_model(model, data, here):
+    tamper(model, lambda s: s['encoders'][0].__setitem__('folder', '../../elsewhere'))
+    assert 'outside' in one_line(text_match(here, data, model)[:2])
+
+def test_step_parameter_out_of_range(model, data, here):
+    tamper(model, lambda s: s['steps'][0]['params'].__setitem__('iterations', 10**12))
+    assert 'iterations must be a whole number from 0 to 1000' in one_line(text_match(here, data, model)[:2])
+
+def test_meta_k_not_a_number(model, data, here):
+    tamper(model, lambda s: s['meta'].__setitem__('k', 'fifty'))
+    assert 'meta.k must be a whole number' in one_line(text_match(here, data, model)[:2])
+
+def test_csv_with_nul_bytes(data, text_run, here):
+    p = data/'test.csv'; raw = p.read_bytes().replace(b'\n', b'\x00\n', 3); p.write_bytes(raw)
+    rc, err, out = text_match(here, data, text_run)
+    if rc == 2: one_line((rc, err))
+    else: check_submission(out, pd.read_csv(p, dtype=str, keep_default_na=False)['posting_id'].str.strip().str.replace('\x00', ''))
+
+def test_bom_and_crlf_csv(data, text_run, here):
+    p = data/'test.csv'; p.write_bytes(b'\xef\xbb\xbf' + p.read_bytes().replace(b'\n', b'\r\n'))
+    rc, err, out = text_match(here, data, text_run)
+    assert rc == 0, err
+    check_submission(out, pd.read_csv(data/'test.csv', dtype=str, encoding='utf-8-sig')['posting_id'])
+
+def test_zero_byte_and_directory_images(data, here):
+    "A 0-byte file and a folder named like the image: warned about, no image neighbours, a valid submission."
+    imgs = sorted((data/'test_images').iterdir())
+    imgs[0].write_bytes(b''); imgs[1].unlink(); imgs[1].mkdir()
+    rc, err = here('match', data, '--out', data/'submission.csv')
+    assert rc == 0, err[-2000:]
+    check_submission(data/'submission.csv', pd.read_csv(data/'test.csv', dtype=str)['posting_id'])
+
+def test_evaluate_submission_not_a_csv(data, here):
+    (data/'bad.csv').write_bytes(b'\x00\x01garbage')
+    assert "missing column(s) 'posting_id', 'matches'" in one_line(here('evaluate', data, data/'bad.csv', '--split', 'test'))
+
+def test_evaluate_submission_without_matches_column(data, here):
+    pd.read_csv(data/'test.csv')[['posting_id']].to_csv(data/'bad.csv', index=False)
+    assert "missing column(s) 'matches'" in one_line(here('evaluate', data, data/'bad.csv', '--split', 'test'))
+
+def test_evaluate_submission_missing(data, here):
+    assert 'not found' in one_line(here('evaluate', data, data/'nothing.csv', '--split', 'test'))
+
+def test_evaluate_matches_name_unknown_ids(data, here):
+    ids = pd.read_csv(data/'test.csv', dtype=str)['posting_id']
+    pd.DataFrame({'posting_id': ids, 'matches': ids + ' ghost'}).to_csv(data/'bad.csv', index=False)
+    assert 'unknown posting_id' in one_line(here('evaluate', data, data/'bad.csv', '--split', 'test'))
+
+def test_fit_into_a_run_of_other_data_starts_afresh(base, text_run, here, tmp_path):
+    "A used --out fitted on other data: its state is discarded (a note), never silently reused."
+    run = tmp_path/'run'; shutil.copytree(text_run, run)
+    data = tmp_path/'d'; shutil.copytree(base, data)
+    edit_csv(data, lambda d: d.iloc[:-4], split='train')
+    rc, err = here('fit', data, '--out', run, '--encoders', 'tfidf-word,tfidf-char,phash')
+    assert rc == 0, err[-2000:]
+    assert 'holds a fit of other data or settings; its state is discarded' in here.stdout
+
+def test_fit_out_is_a_file(data, here):
+    before = sha(data/'test.csv')
+    assert 'is a file: name a run folder' in one_line(here('fit', data, '--out', data/'test.csv'))
+    assert sha(data/'test.csv') == before
+
+def test_max_rows_zero(data, here):
+    assert '--max-rows must be a positive' in one_line(here('match', data, '--max-rows', '0'))
+
+def test_decompression_bomb_memory_is_capped(tmp_path):
+    "A 9000x9000 PNG and JPEG, tiny on disk: the PNG is refused from its header, the JPEG decoded at 1/8 scale."
+    Image.new('L', (9000, 9000), 200).save(tmp_path/'bomb.png')
+    Image.new('L', (9000, 9000), 200).save(tmp_path/'bomb.jpg', quality=20)
+    code = ("import resource; from shopee_nb.data import load_image, DataError\n"
+            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"im = load_image({str(tmp_path/'bomb.jpg')!r}, 224)\n"
+            f"try: load_image({str(tmp_path/'bomb.png')!r}, 224); print('decoded')\n"
+            "except DataError as e: print('refused', e)\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) // 1024)\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith('refused') and 'pixel cap' in lines[0]
+    assert int(lines[-1]) < 100, f'{lines[-1]} MiB to decode two 81-megapixel images'
+
+def test_ascii_only_console(base, text_run, tmp_path):
+    "PYTHONIOENCODING=ascii and a non-ASCII folder name: the report lines escape it; exit code 0, a UTF-8 submission."
+    data = tmp_path/'données'; shutil.copytree(base, data)
+    r = run('match', data, '--run', text_run, '--out', data/'soumission.csv', cache=tmp_path/'c', env={'PYTHONIOENCODING': 'ascii'})
+    assert r.returncode == 0, r.stderr[-2000:]
+    check_submission(data/'soumission.csv', pd.read_csv(data/'test.csv', dtype=str)['posting_id'])
