@@ -41,7 +41,7 @@ test-nbs: install
 	$(BIN)/nbdev_test --n_workers $(NB_WORKERS) --timing
 
 test-py: install browser
-	$(BIN)/python -m pytest tests/ -q
+	$(BIN)/python -m pytest tests/ -q --durations=15
 
 # A Chromium for the docs browser check (and for kaleido, which renders figures' static images when a notebook is
 # executed): Debian's `chromium` package when none is installed and apt-get can run; otherwise the check skips and says why.
