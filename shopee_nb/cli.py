@@ -175,7 +175,8 @@ def cmd_match(data:str, # folder in the Kaggle layout (test.csv, test_images/)
         cv = next(m.cv for m in model.members if m.name == name)
         print(f"expected F1 of the {name} member for {len(df):,} postings: {f1:.3f} "
               f"(held-out at fit: {cv.get('f1', float('nan')):.3f} with {cv.get('pool_size', 0):,} postings matched together)")
-    if len(info.get('members', [])) > 1: print(f"a pair matches when {model.combine} of the members ({', '.join(info['members'])}) say so")
+    if len(info.get('members', [])) > 1:
+        print(f"a pair matches when {model.combine} of the members ({', '.join(info['members'])}) say so")
     print(st.table())
     return info
 
@@ -206,7 +207,7 @@ def _guess_split(folder:Path, submission:Path) -> str:
 # %% ../nbs/09_cli.ipynb #6a7a08a6
 def cmd_merge(runs:list, # run folders written by `fit` (e.g. a text fit and an image fit)
               out:str='model', # the model folder to write
-              combine:str=None, # a pair matches when any / all members say so (default: all for runs fitted on different data)
+              combine:str=None, # a pair matches when any / all members say so (default: all if fitted on different data)
              ):
     "Combine fitted runs into one model folder: every member and encoder."
     model = merge_models([load_model(r) for r in runs], Path(out), combine)

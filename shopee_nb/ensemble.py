@@ -413,7 +413,8 @@ class GBDTScorer:
                          feature_name=[f'f{i}' for i in range(len(self.features))], free_raw_data=True)
         cfg = dict(objective='binary', num_leaves=p['num_leaves'], learning_rate=p['learning_rate'],
                    min_child_samples=min(p['min_child_samples'], max(5, int(y.sum()) // 20)),   # small data: smaller leaves
-                   feature_fraction=p['feature_fraction'], bagging_fraction=p['bagging_fraction'], bagging_freq=1, seed=p['seed'],
+                   feature_fraction=p['feature_fraction'], bagging_fraction=p['bagging_fraction'], bagging_freq=1,
+                   seed=p['seed'],
                    num_threads=_threads(p['threads']), verbose=-1, deterministic=True, force_row_wise=True)
         self.booster = lgb.train(cfg, ds, num_boost_round=p['n_estimators'])
         return self
@@ -719,7 +720,7 @@ class MatchModel:
                  steps:list, # step specs
                  meta:dict|None=None, # fit details: profile, data, cross-validation, vocabulary
                  folder:Path|None=None, # where it lives
-                 combine:str='any', # members' decisions: 'any' (one member's match is enough) or 'all' (every member must match)
+                 combine:str='any', # 'any': one member's match is enough; 'all': every member must match
                 ):
         self.encoders, self.members, self.steps, self.meta, self.folder = encoders, members, steps, meta or {}, folder
         self.combine = combine
@@ -985,7 +986,8 @@ def make_pool(df:pd.DataFrame, rows:np.ndarray, n_scored:int, encs:list, dense:d
     ctx = pool_context(d, views, steps, cfg.k, cfg.phash_max_dist)
     keep = (ctx.I < n_scored) | (ctx.J < n_scored)
     F = {k: v[keep] for k, v in ctx.F.items()}
-    return Pool(fold, len(d), n_scored, ctx.I[keep], ctx.J[keep], F, d['label_group'].to_numpy(), None if folds is None else folds[rows])
+    labels = d['label_group'].to_numpy()
+    return Pool(fold, len(d), n_scored, ctx.I[keep], ctx.J[keep], F, labels, None if folds is None else folds[rows])
 
 # %% ../nbs/08_ensemble.ipynb #4e777f6c
 def pool_rows(scored:np.ndarray, # the held-out fold's rows
@@ -1022,7 +1024,7 @@ def oof_scores(pools:list, # validation pools of every fold
                scorer_spec:dict, # the scorer to train
                features=None, # a predicate on feature names (default: every feature)
               ) -> list:
-    "For each pool, its pairs' probabilities from a scorer trained on the other folds' largest pools, on pairs that touch no posting of its fold."
+    "Pair probabilities of each pool from a scorer trained on the other folds' largest pools (on pairs outside its fold)."
     folds = sorted({p.fold for p in pools})
     largest = {f: max((p for p in pools if p.fold == f), key=lambda p: p.n) for f in folds}
     keep = lambda F: {k: v for k, v in F.items() if features is None or features(k)}
@@ -1298,7 +1300,7 @@ def transfer_warnings(df:pd.DataFrame, M:sp.csr_matrix, model:MatchModel, member
 # %% ../nbs/08_ensemble.ipynb #dcfd56f5
 def merge_models(models:list, # loaded models
                  out, # the folder to write
-                 combine:str|None=None, # 'any' or 'all' (see `COMBINE`); default: 'all' when the runs were fitted on different data
+                 combine:str|None=None, # 'any' or 'all' (`COMBINE`); default: 'all' for runs fitted on different data
                 ) -> MatchModel:
     "One model holding every member and encoder of `models`, files copied into `out`."
     out = Path(out)

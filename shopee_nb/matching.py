@@ -80,7 +80,7 @@ def tfidf_features(titles, kind: str = 'word', max_df: float | None = None, back
     from sklearn.feature_extraction.text import TfidfVectorizer
     try: X = TfidfVectorizer(**params).fit_transform(titles)
     except ValueError as e:
-        pruned = 'no terms remain' in str(e)   # every n-gram too frequent (identical titles) or too rare (no two titles share one)
+        pruned = 'no terms remain' in str(e)   # every n-gram too frequent (identical titles) or too rare (none shared)
         if pruned and (max_df != 1.0 or params.get('min_df', 1) != 1):   # keep them all, once
             return tfidf_features(titles, kind, max_df=1.0, backend=backend, **{**opts, 'min_df': 1})
         if not pruned and 'empty vocabulary' not in str(e): raise
