@@ -442,6 +442,16 @@ def test_fit_into_a_run_of_other_data_starts_afresh(base, text_run, here, tmp_pa
     assert rc == 0, err[-2000:]
     assert 'holds a fit of other data or settings; its state is discarded' in here.stdout
 
+def test_disk_full_keeps_the_old_submission(data, text_run, here, monkeypatch):
+    "The disk fills while the submission is written: one-line error, the previous submission intact, no partial file."
+    import errno
+    (data/'submission.csv').write_text('posting_id,matches\nold,old\n')
+    def full(fd): raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(os, 'fsync', full)
+    assert 'No space left on device' in one_line(text_match(here, data, text_run)[:2])
+    assert (data/'submission.csv').read_text() == 'posting_id,matches\nold,old\n'
+    assert not list(data.glob('.submission.csv*'))
+
 def test_fit_out_is_a_file(data, here):
     before = sha(data/'test.csv')
     assert 'is a file: name a run folder' in one_line(here('fit', data, '--out', data/'test.csv'))
