@@ -959,23 +959,21 @@ class Pool:
     J: np.ndarray
     F: dict
     labels: np.ndarray   # of every posting of the pool
-    folds: np.ndarray|None = None   # the fold of every posting of the pool
+    folds: np.ndarray    # the fold of every posting of the pool
     @property
     def y(self) -> np.ndarray: return self.labels[self.I] == self.labels[self.J]
 
     def pairs_without(self, fold:int) -> np.ndarray:
         "Mask of the pairs that touch no posting of `fold`: what a scorer validated on `fold` may train on."
-        if self.folds is None: return np.ones(len(self.I), bool)
         return (self.folds[self.I] != fold) & (self.folds[self.J] != fold)
 
     def pairs_once(self) -> np.ndarray:
         "Mask that keeps each pair once over the largest pools of all folds: a pair belongs to its lower fold's pool."
-        if self.folds is None: return np.ones(len(self.I), bool)
         return np.minimum(self.folds[self.I], self.folds[self.J]) == self.fold
 
 # %% ../nbs/08_ensemble.ipynb #335e963b
 def make_pool(df:pd.DataFrame, rows:np.ndarray, n_scored:int, encs:list, dense:dict, steps:list, cfg:Config, fold:int,
-              folds:np.ndarray|None=None, # the fold of every row of `df`
+              folds:np.ndarray, # the fold of every row of `df`
              ) -> Pool:
     "The validation pool of `df.iloc[rows]` (its first `n_scored` rows are scored): views, pairs, features."
     d = df.iloc[rows].reset_index(drop=True)
@@ -987,7 +985,7 @@ def make_pool(df:pd.DataFrame, rows:np.ndarray, n_scored:int, encs:list, dense:d
     keep = (ctx.I < n_scored) | (ctx.J < n_scored)
     F = {k: v[keep] for k, v in ctx.F.items()}
     labels = d['label_group'].to_numpy()
-    return Pool(fold, len(d), n_scored, ctx.I[keep], ctx.J[keep], F, labels, None if folds is None else folds[rows])
+    return Pool(fold, len(d), n_scored, ctx.I[keep], ctx.J[keep], F, labels, folds[rows])
 
 # %% ../nbs/08_ensemble.ipynb #4e777f6c
 def pool_rows(scored:np.ndarray, # the held-out fold's rows
