@@ -923,14 +923,17 @@ def keyed_state(folder:Path, # the run's state folder
                 key:dict, # what the state depends on: data fingerprint and every setting
                 log=print,
                ) -> Path:
-    "The state folder, emptied first when it was written for another key."
+    "The state folder, emptied first when it was written for another key -- except trained encoders, which check their own."
     path = folder/'key.json'
     if path.is_file():
         try: old = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError): old = None
         if old != json.loads(json.dumps(key, default=_json_default)):
-            log(f"note: {folder.parent} holds a fit of other data or settings; its state is discarded")
-            shutil.rmtree(folder)
+            log(f"note: {folder.parent} holds a fit of other data or settings; its state is discarded "
+                "(a trained encoder is kept only where its own data and settings match)")
+            for p in folder.iterdir():
+                if p.is_dir() and re.fullmatch(r'fold\d+', p.name): continue   # encoders: `Encoder.fit` checks each one's key
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     if not path.is_file():
         with atomic_write(path, 'w') as f: json.dump(key, f, indent=1, default=_json_default)

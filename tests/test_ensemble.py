@@ -114,6 +114,22 @@ def test_refit_on_other_data_discards_the_state(fitted, tmp_path):
     fit_model(df, cfg, run, TEXT, n_folds=2, log=notes.append)
     assert any('other data or settings' in n for n in notes)
 
+def test_refit_with_other_settings_reuses_only_matching_fold_encoders(tmp_path):
+    "Another scorer: the run's state is discarded, but each fold's trained encoder, whose own key matches, is kept."
+    d = make_sample(tmp_path/'s', n_products=12, seed=3)
+    cfg = get_config('smoke', cache=tmp_path/'cache')
+    specs = [dict(name='minilm-arcface', params={}), dict(name='phash', params={})]
+    df, run = load_postings(d, 'train'), tmp_path/'run'
+    fit_model(df, cfg, run, specs, n_folds=2, log=lambda *a: None)
+    weights = sorted((run/'state').glob('fold*/minilm-arcface/minilm-arcface.safetensors'))
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    notes = []
+    fit_model(df, cfg, run, specs, scorer=dict(name='logistic', params={}), n_folds=2, log=notes.append)
+    assert any('other data or settings' in n for n in notes)
+    assert len(weights) == 2 and [w.stat().st_mtime_ns for w in weights] == stamps
+    fit_model(df.iloc[:-3], cfg, run, specs, n_folds=2, log=lambda *a: None)   # other rows: every fold retrains
+    assert [w.stat().st_mtime_ns for w in weights] != stamps
+
 def test_merge_keeps_members_and_refuses_conflicts(fitted, tmp_path):
     d, cfg, out, model = fitted
     with pytest.raises(ValueError, match="two models have a 'text' member"): merge_models([model, model], tmp_path/'m')
