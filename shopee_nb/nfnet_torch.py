@@ -28,8 +28,8 @@ __all__ = ['LITE0_MEAN', 'LITE0_STD', 'BACKBONES', 'MISH_REPLACES', 'AUGMENTATIO
            'map_lite0_state_dict', 'lite0_package_state_dict', 'lite0_imagenet', 'backbone_kwargs', 'create_backbone',
            'ShopeeImageModel', 'default_weights', 'build_model', 'RandomJPEG', 'ChannelGain', 'image_transform',
            'ImageDataset', 'backbone_units', 'freeze_backbone', 'save_tensors', 'load_tensors', 'fit', 'tta_views',
-           'embed_images', 'tensor_digest', 'load_model', 'classify', 'save_weights', 'recipe_config', 'cpu_threads',
-           'fit_encoder', 'encode_paths']
+           'inference_autocast', 'embed_images', 'tensor_digest', 'load_model', 'classify', 'save_weights',
+           'recipe_config', 'cpu_threads', 'fit_encoder', 'encode_paths']
 
 # %% ../nbs/05_nfnet_mish.ipynb #9a1c0c6b
 class MishFunction(torch.autograd.Function):
@@ -539,6 +539,11 @@ def tta_views(x, # an NCHW batch
         out.append(F.interpolate(x[..., dh:h - dh, dw:w - dw], size=(h, w), mode='bilinear', align_corners=False))
     return out
 
+# %% ../nbs/05_nfnet_mish.ipynb #5b1e7a2d
+def inference_autocast(device) -> torch.autocast:
+    "float16 autocast for embedding on a CUDA `device`; disabled (float32, unchanged results) elsewhere."
+    return torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=torch.device(device).type == 'cuda')
+
 # %% ../nbs/05_nfnet_mish.ipynb #cec7a37d
 @torch.no_grad()
 def embed_images(model:ShopeeImageModel, paths, # the model and the image files
@@ -558,7 +563,7 @@ def embed_images(model:ShopeeImageModel, paths, # the model and the image files
     f = model.embed if kind == 'fc' else (lambda x: F.normalize(model.pooled(x).float(), dim=1))
     out = []
     for xb in progress(dl, desc=desc or f'embed {kind}', leave=False):
-        v = sum(f(view) for view in tta_views(xb.to(dev), tta))
+        with inference_autocast(dev): v = sum(f(view) for view in tta_views(xb.to(dev), tta))
         out.append(F.normalize(v, dim=1).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.n_features), np.float32)
 
@@ -709,5 +714,6 @@ def encode_paths(model:ShopeeImageModel, paths, # the model and a batch of image
     out = np.zeros((len(paths), model.arch['fc_dim']), np.float32)
     if ok:
         x = torch.stack(xs).to(model.head.weight.device)
-        out[ok] = F.normalize(sum(model.embed(v) for v in tta_views(x, tta)), dim=1).cpu().numpy()
+        with inference_autocast(x.device): v = sum(model.embed(view) for view in tta_views(x, tta))
+        out[ok] = F.normalize(v, dim=1).cpu().numpy()
     return out
