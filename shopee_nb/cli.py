@@ -292,6 +292,7 @@ def main(argv:list|None=None) -> int:
     args = vars(build_parser().parse_args(argv))
     command, fn = args.pop('command'), args.pop('fn')
     warnings.simplefilter('default')
+    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"   # one line, no source location
     try:
         fn(**args)
         return 0

@@ -283,6 +283,14 @@ def test_submission_is_utf8_whatever_the_locale(data, cache):
     sub = pd.read_csv(data/'submission.csv', dtype=str, encoding='utf-8')
     assert sub.posting_id.str.startswith('é').all()
 
+def test_warnings_are_one_line_without_source(data, cache):
+    "A warning on the command line reads as one line, with no Python file, line number or source code."
+    next((data/'train_images').iterdir()).unlink()
+    r = run('evaluate', data, data/'nothing.csv', '--split', 'train', cache=cache)
+    assert r.returncode == 2
+    assert any(l.startswith('warning: 1 of ') and 'images are absent' in l for l in r.stderr.splitlines()), r.stderr
+    assert 'UserWarning' not in r.stderr and 'warnings.warn' not in r.stderr and '.py:' not in r.stderr
+
 # ---------------------------------------------------------------- round two: in-process cases (each well under a second)
 from shopee_nb.cli import main as cli_main
 
