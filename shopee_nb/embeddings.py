@@ -198,9 +198,11 @@ def fit(self:Encoder, df:pd.DataFrame, # labelled postings (`label_group`)
     if done is not None:
         self.weights = done
         return self.load(folder)
+    t0 = time.perf_counter()
     files = self._fit(df, folder, cfg or get_config())
     self.weights = {f: file_sha256(child_path(folder, f)) for f in files}
-    with atomic_write(folder/'key.json', 'w') as f: json.dump({**key, 'weights': self.weights}, f, indent=1)
+    seconds = round(time.perf_counter() - t0, 1)   # this call's training (a resumed fit: its remaining epochs)
+    with atomic_write(folder/'key.json', 'w') as f: json.dump({**key, 'weights': self.weights, 'seconds': seconds}, f, indent=1)
     return self.load(folder)
 
 # %% ../nbs/06_embeddings.ipynb #7054c527

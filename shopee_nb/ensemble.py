@@ -31,7 +31,7 @@ __all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'COMBINE', 'DEFAULT_S
            'best_scorer', 'matches_step_gains', 'photo_folds', 'member_name', 'title_vocabulary', 'fit_model',
            'curves_at', 'usable_members', 'match_postings', 'transfer_warnings', 'merge_models', 'default_model',
            'cosine_phash_matches', 'fixed_threshold_scores', 'feature_filter', 'heldout_at_scale', 'transfer_scores',
-           'match_browser', 'style_matches', 'row_f1', 'error_gallery', 'photo_browser']
+           'match_browser', 'style_matches', 'row_f1', 'error_gallery', 'photo_browser', 'training_minutes']
 
 # %% ../nbs/08_ensemble.ipynb #93fad84a
 @dataclass
@@ -945,9 +945,7 @@ def fit_encoders(specs:list, df:pd.DataFrame, folder:Path, cfg:Config, desc:str=
     out = []
     for s in specs:
         enc = create_encoder({k: s[k] for k in ('name', 'params') if k in s})
-        if enc.trainable:
-            t0 = time.perf_counter()
-            enc.fit(df, folder/s['name'], cfg)
+        if enc.trainable: enc.fit(df, folder/s['name'], cfg)
         out.append(enc)
     return out
 
@@ -1476,3 +1474,11 @@ def photo_browser(df:pd.DataFrame, # postings with image_path and label_group
             im = ImageOps.expand(load_image(paths[j], size).resize((size, size)), border=4, fill=colours[status])
             canvas.paste(im, (c * (size + 8), r * (size + 8)))
     return canvas
+
+# %% ../nbs/08_ensemble.ipynb #a7e3c1d9
+def training_minutes(folders:list, # folders of trained encoders (a fit's `state/fold<f>` and `encoders`)
+                     names:tuple, # the encoders counted
+                    ) -> float:
+    "Minutes the encoders `names` took to train in `folders`, from the seconds each fit recorded in its `key.json` (NaN if any is missing)."
+    secs = [json.loads(p.read_text()).get('seconds') if p.is_file() else None for f in folders for p in (Path(f)/n/'key.json' for n in names)]
+    return float('nan') if any(s is None for s in secs) else sum(secs) / 60
