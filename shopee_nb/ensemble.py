@@ -940,7 +940,7 @@ def keyed_state(folder:Path, # the run's state folder
     return folder
 
 # %% ../nbs/08_ensemble.ipynb #9533b2b4
-def fit_encoders(specs:list, df:pd.DataFrame, folder:Path, cfg:Config, desc:str='') -> list:
+def fit_encoders(specs:list, df:pd.DataFrame, folder:Path, cfg:Config) -> list:
     "Build every encoder of `specs`; train the trainable ones on `df`, each into `folder/<name>`."
     out = []
     for s in specs:
