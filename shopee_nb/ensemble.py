@@ -20,18 +20,19 @@ from .embeddings import (Encoder, embed, l2_normalize, create_encoder, encoder_e
 from .matching import Neighbours, topk_cosine, phash_pairs, hamming, csr_metrics
 
 # %% auto #0
-__all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'COMBINE', 'DEFAULT_STEPS', 'DEFAULT_SCORER', 'SMALL_DATA_PAIRS',
-           'THRESHOLDS', 'MIN2_OFFSETS', 'POOLS', 'FEATURE_GROUPS', 'STATUS_COLOURS', 'View', 'encode_view',
-           'view_neighbours', 'StepEntry', 'register_step', 'step_entry', 'Context', 'blend_rows', 'blend_step',
-           'candidate_pairs', 'pair_cosine', 'neighbour_lookup', 'view_similarity', 'base_features', 'pagerank',
-           'graph_step', 'quantities', 'units_step', 'pool_context', 'register_scorer', 'GBDTScorer', 'LogisticScorer',
-           'create_scorer', 'pairs_to_csr', 'cluster_step', 'decide', 'f1_curve', 'PoolRule', 'Member', 'MatchModel',
-           'load_model', 'data_modalities', 'fit_specs', 'keyed_state', 'fit_encoders', 'Pool', 'make_pool',
-           'pool_rows', 'validation_pools', 'oof_scores', 'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule',
-           'best_scorer', 'matches_step_gains', 'photo_folds', 'member_name', 'title_vocabulary', 'fit_model',
-           'curves_at', 'usable_members', 'match_postings', 'transfer_warnings', 'merge_models', 'default_model',
-           'cosine_phash_matches', 'fixed_threshold_scores', 'feature_filter', 'heldout_at_scale', 'transfer_scores',
-           'match_browser', 'style_matches', 'row_f1', 'error_gallery', 'photo_browser', 'training_minutes']
+__all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'SCORER_FILES', 'COMBINE', 'DEFAULT_STEPS', 'DEFAULT_SCORER',
+           'SMALL_DATA_PAIRS', 'THRESHOLDS', 'MIN2_OFFSETS', 'POOLS', 'FEATURE_GROUPS', 'STATUS_COLOURS', 'View',
+           'encode_view', 'view_neighbours', 'StepEntry', 'register_step', 'step_entry', 'Context', 'blend_rows',
+           'blend_step', 'candidate_pairs', 'pair_cosine', 'neighbour_lookup', 'view_similarity', 'base_features',
+           'pagerank', 'graph_step', 'quantities', 'units_step', 'pool_context', 'register_scorer', 'GBDTScorer',
+           'feature_modality', 'blanked_copies', 'LogisticScorer', 'create_scorer', 'pairs_to_csr', 'cluster_step',
+           'decide', 'f1_curve', 'PoolRule', 'Member', 'MatchModel', 'load_model', 'data_modalities', 'fit_specs',
+           'keyed_state', 'fit_encoders', 'Pool', 'make_pool', 'pool_rows', 'validation_pools', 'oof_scores',
+           'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule', 'best_scorer', 'matches_step_gains',
+           'photo_folds', 'member_name', 'title_vocabulary', 'fit_model', 'curves_at', 'usable_members',
+           'match_postings', 'transfer_warnings', 'merge_models', 'default_model', 'cosine_phash_matches',
+           'fixed_threshold_scores', 'feature_filter', 'heldout_at_scale', 'transfer_scores', 'match_browser',
+           'style_matches', 'row_f1', 'error_gallery', 'photo_browser', 'training_minutes']
 
 # %% ../nbs/08_ensemble.ipynb #93fad84a
 @dataclass
@@ -89,7 +90,7 @@ def view_neighbours(view:View, # a dense or sparse view
 class StepEntry:
     "One registered step: its name in specs, the stage it acts on, and its function."
     name: str     # the name in specs
-    fn: object    # the function; its keyword arguments are the step's parameters
+    fn: object = field(repr=False)  # the function; its keyword arguments are the step's parameters
     stage: str    # 'views', 'features' or 'matches'
     doc: str = '' # one line for the docs
 
@@ -374,6 +375,7 @@ def pool_context(df:pd.DataFrame, # the postings matched together
 
 # %% ../nbs/08_ensemble.ipynb #3cbc1a6e
 SCORERS: dict[str, type] = {}
+SCORER_FILES = dict(file='sha256', gap_file='gap_sha256')   # a scorer spec's file fields -> their checksum fields
 
 def register_scorer(cls):
     "Class decorator: register a pair scorer by its `name`."
@@ -396,47 +398,71 @@ class GBDTScorer:
     "Gradient-boosted trees over the pair features (LightGBM), saved in LightGBM's text format."
     name = 'gbdt'
     defaults = dict(num_leaves=63, learning_rate=0.05, n_estimators=300, min_child_samples=100,
-                    feature_fraction=0.8, bagging_fraction=0.8, max_negatives=2_000_000, seed=0, threads=None)
+                    feature_fraction=0.8, bagging_fraction=0.8, max_negatives=2_000_000, seed=0, threads=None,
+                    gap_fraction=0.25)   # of the training rows copied per view kind with that kind blanked, for the gap booster
 
     def __init__(self, **params):
         self.params = {**self.defaults, **params}
-        self.features, self.booster = [], None
+        self.features, self.booster, self.gap_booster, self.complete = [], None, None, []
 
-    def fit(self, F:dict, y) -> 'GBDTScorer':
+    def _train(self, X:np.ndarray, y:np.ndarray, w:np.ndarray):
+        "One LightGBM booster on rows `X` with labels `y` and weights `w`."
         import lightgbm as lgb
-        y = np.asarray(y, bool)
-        if y.all() or not y.any(): raise ValueError("the pair scorer needs both matching and non-matching candidate pairs")
-        self.features = sorted(F)
-        rows, w = _sample_negatives(y, self.params['max_negatives'], self.params['seed'])
         p = self.params
-        ds = lgb.Dataset(_matrix(F, self.features)[rows], y[rows].astype(np.float32), weight=w,
-                         feature_name=[f'f{i}' for i in range(len(self.features))], free_raw_data=True)
+        ds = lgb.Dataset(X, y.astype(np.float32), weight=w, feature_name=[f'f{i}' for i in range(len(self.features))],
+                         free_raw_data=True)
         cfg = dict(objective='binary', num_leaves=p['num_leaves'], learning_rate=p['learning_rate'],
                    min_child_samples=min(p['min_child_samples'], max(5, int(y.sum()) // 20)),   # small data: smaller leaves
                    feature_fraction=p['feature_fraction'], bagging_fraction=p['bagging_fraction'], bagging_freq=1,
                    seed=p['seed'],
                    num_threads=_threads(p['threads']), verbose=-1, deterministic=True, force_row_wise=True)
-        self.booster = lgb.train(cfg, ds, num_boost_round=p['n_estimators'])
+        return lgb.train(cfg, ds, num_boost_round=p['n_estimators'])
+
+    def fit(self, F:dict, y, gaps:bool=True) -> 'GBDTScorer':
+        "Train on pair features `F` and labels `y`; with `gaps`, also the booster for pairs that miss a view."
+        y = np.asarray(y, bool)
+        if y.all() or not y.any(): raise ValueError("the pair scorer needs both matching and non-matching candidate pairs")
+        self.features = sorted(F)
+        rows, w = _sample_negatives(y, self.params['max_negatives'], self.params['seed'])
+        X = _matrix(F, self.features)[rows]
+        y = y[rows]
+        self.booster = self._train(X, y, w)
+        self.complete = [f for f, gap in zip(self.features, np.isnan(X).any(0)) if not gap]
+        B, src = blanked_copies(X, self.features, self.params['gap_fraction'], self.params['seed'])
+        self.gap_booster = self._train(np.vstack([X, B]), np.r_[y, y[src]], np.r_[w, w[src]]) if gaps and len(src) else None
         return self
 
     def predict(self, F:dict) -> np.ndarray:
+        "Match probabilities; pairs missing a feature that every training pair had are scored by the gap booster."
         if self.booster is None: raise ValueError("the pair scorer is not fitted")
-        return self.booster.predict(_matrix(F, self.features), num_threads=_threads(self.params['threads'])).astype(np.float32)
+        X = _matrix(F, self.features)
+        threads = _threads(self.params['threads'])
+        out = self.booster.predict(X, num_threads=threads).astype(np.float32)
+        gap = np.isnan(X[:, [self.features.index(f) for f in self.complete]]).any(1)
+        if self.gap_booster is not None and gap.any(): out[gap] = self.gap_booster.predict(X[gap], num_threads=threads)
+        return out
 
     def save(self, folder:Path, stem:str) -> dict:
-        "Write the model; returns its spec (features, parameters, file name)."
-        name = f'{stem}.lgb.txt'
-        with atomic_write(Path(folder)/name, 'w') as f: f.write(self.booster.model_to_string())
-        return dict(name=self.name, params=self.params, features=self.features, file=name)
+        "Write the boosters; returns the spec (features, parameters, file names)."
+        spec = dict(name=self.name, params=self.params, features=self.features, complete=self.complete)
+        for key, booster, name in [('file', self.booster, f'{stem}.lgb.txt'), ('gap_file', self.gap_booster, f'{stem}.gaps.lgb.txt')]:
+            if booster is None: continue
+            with atomic_write(Path(folder)/name, 'w') as f: f.write(booster.model_to_string())
+            spec[key] = name
+        return spec
 
     @classmethod
     def load(cls, spec:dict, folder:Path) -> 'GBDTScorer':
         import lightgbm as lgb
         s = cls(**spec['params'])
-        s.features = list(spec['features'])
-        s.booster = lgb.Booster(model_str=child_path(folder, spec['file']).read_text())
-        if s.booster.num_feature() != len(s.features):
-            raise ValueError(f"{spec['file']}: the scorer expects {s.booster.num_feature()} features, the spec lists {len(s.features)}")
+        s.features, s.complete = list(spec['features']), list(spec.get('complete', []))
+        if not set(s.complete) <= set(s.features): raise ValueError("the scorer's complete features are not among its features")
+        for key in ('file', 'gap_file'):
+            if key not in spec: continue
+            booster = lgb.Booster(model_str=child_path(folder, spec[key]).read_text())
+            if booster.num_feature() != len(s.features):
+                raise ValueError(f"{spec[key]}: the scorer expects {booster.num_feature()} features, the spec lists {len(s.features)}")
+            setattr(s, 'booster' if key == 'file' else 'gap_booster', booster)
         return s
 
 # %% ../nbs/08_ensemble.ipynb #99af967b
@@ -448,6 +474,33 @@ def _sample_negatives(y:np.ndarray, max_negatives:int, seed:int) -> tuple[np.nda
     rows = np.sort(np.r_[np.flatnonzero(y), keep])
     w = np.where(y[rows], 1.0, len(neg) / max_negatives).astype(np.float32)
     return rows, w
+
+# %% ../nbs/08_ensemble.ipynb #e2580da6
+def feature_modality(feature:str) -> str|None:
+    "The kind of view ('text', 'image', 'phash') a pair feature is read from; None for features of no one view (units)."
+    name = re.match(r'[^_+]*', feature).group(0)
+    return encoder_entry(name).modality if name in ENCODERS else None
+
+# %% ../nbs/08_ensemble.ipynb #af8267ea
+def blanked_copies(X:np.ndarray, # training rows of pair features
+                   features:list, # the column names
+                   fraction:float, # of the rows copied per kind of view
+                   seed:int,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    "Per kind of view (if two or more): copies of `fraction` of the rows with that kind's features blanked, and the rows copied."
+    kinds = {}
+    for i, f in enumerate(features):
+        if feature_modality(f): kinds.setdefault(feature_modality(f), []).append(i)
+    if len(kinds) < 2 or fraction <= 0: return X[:0], np.zeros(0, int)
+    rng = np.random.default_rng(seed)
+    blocks, src = [], []
+    for cols in kinds.values():
+        rows = np.sort(rng.choice(len(X), max(1, int(round(fraction * len(X)))), replace=False))
+        block = X[rows].copy()
+        block[:, cols] = np.nan
+        blocks.append(block)
+        src.append(rows)
+    return np.vstack(blocks), np.concatenate(src)
 
 # %% ../nbs/08_ensemble.ipynb #63c5e539
 @register_scorer
@@ -471,7 +524,8 @@ class LogisticScorer:
             cols.append(sp.csr_matrix(np.where(nan, 0, (x - self.center[f]) / self.scale[f])[:, None]))
         return sp.hstack(cols).tocsr()
 
-    def fit(self, F:dict, y) -> 'LogisticScorer':
+    def fit(self, F:dict, y, gaps:bool=True) -> 'LogisticScorer':
+        "Train on pair features `F` and labels `y` (`gaps` needs nothing more here: a missing feature is its own bin)."
         from sklearn.linear_model import LogisticRegression
         y = np.asarray(y, bool)
         if y.all() or not y.any(): raise ValueError("the pair scorer needs both matching and non-matching candidate pairs")
@@ -775,11 +829,11 @@ def _check_scorer(s, folder:Path, where:str):
     feats = s.get('features')
     _check(isinstance(feats, list) and feats and all(isinstance(f, str) for f in feats), where, 'scorer.features must be a non-empty list of names')
     _check(isinstance(s.get('params'), dict), where, 'scorer.params must be an object')
-    if 'file' in s:
-        try: p = child_path(folder, s['file'])
+    for key in [k for k in SCORER_FILES if k in s]:
+        try: p = child_path(folder, s[key])
         except (ValueError, TypeError) as e: _check(False, where, str(e))
-        _check(p.is_file(), where, f"scorer file {s['file']} is missing")
-        _check(s.get('sha256') == file_sha256(p), where, f"scorer file {s['file']} does not match its sha256 (changed or damaged)")
+        _check(p.is_file(), where, f"scorer file {s[key]} is missing")
+        _check(s.get(SCORER_FILES[key]) == file_sha256(p), where, f"scorer file {s[key]} does not match its sha256 (changed or damaged)")
     try: scorer = SCORERS[s['name']].load(s, folder)
     except (KeyError, TypeError) as e: _check(False, where, f'scorer field {e} is missing or malformed')
     if s['name'] == 'logistic':
@@ -1032,7 +1086,7 @@ def oof_scores(pools:list, # validation pools of every fold
         train = [(largest[g], largest[g].pairs_without(f)) for g in folds if g != f]
         F = {k: np.concatenate([p.F[k][m] for p, m in train]) for k in keep(train[0][0].F)}
         y = np.concatenate([p.y[m] for p, m in train])
-        scorer = create_scorer(scorer_spec['name'], **scorer_spec.get('params', {})).fit(F, y)
+        scorer = create_scorer(scorer_spec['name'], **scorer_spec.get('params', {})).fit(F, y, gaps=False)
         for i, p in enumerate(pools):
             if p.fold == f: out[i] = scorer.predict(keep(p.F))
     return out
@@ -1179,7 +1233,7 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
     steps = DEFAULT_STEPS if steps is None else steps
     scorer = DEFAULT_SCORER if scorer is None else scorer
     key = dict(data=postings_fingerprint(df), encoders=specs, steps=steps, scorer=scorer, n_folds=n_folds, split=split,
-               seed=cfg.seed, k=cfg.k, max_dist=cfg.phash_max_dist, version=3)
+               seed=cfg.seed, k=cfg.k, max_dist=cfg.phash_max_dist, version=4)
     state = keyed_state(out/'state', key, log)
     if (state/'done').is_file() and (out/'model.json').is_file():
         log(f"{out} already holds this fit (same data and settings): nothing to do")
@@ -1206,7 +1260,7 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
         final = create_scorer(scorer['name'], **scorer.get('params', {})).fit(F, y)
     name = member_name(specs)
     sspec = final.save(out, f'scorers/{name}')
-    if 'file' in sspec: sspec['sha256'] = file_sha256(child_path(out, sspec['file']))
+    for f in [f for f in SCORER_FILES if f in sspec]: sspec[SCORER_FILES[f]] = file_sha256(child_path(out, sspec[f]))
     top = table.loc[table.groupby('fold')['pool'].idxmax()]
     size = curves_at(curves, table)
     cv = dict(pool_size=int(round(top['pool'].mean())), f1=float(top['f1'].mean()), precision=float(top['precision'].mean()),
@@ -1318,9 +1372,9 @@ def merge_models(models:list, # loaded models
             encoders[e['name']] = e
         for m in mm.members:
             if m.name in [x.name for x in members]: raise ValueError(f"merge: two models have a {m.name!r} member; merge a text fit with an image fit")
-            if 'file' in m.scorer_spec:
-                (out/m.scorer_spec['file']).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(child_path(mm.folder, m.scorer_spec['file']), child_path(out, m.scorer_spec['file']))
+            for f in [f for f in SCORER_FILES if f in m.scorer_spec]:
+                (out/m.scorer_spec[f]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(child_path(mm.folder, m.scorer_spec[f]), child_path(out, m.scorer_spec[f]))
             members.append(m)
     meta = dict(merged=[{k: v for k, v in mm.meta.items() if k != 'vocab'} for mm in models],
                 vocab=sorted({w for mm in models for w in mm.meta.get('vocab', [])}),

@@ -65,6 +65,22 @@ def test_scorers_roundtrip_without_pickle_and_read_missing_features(tmp_path, na
     assert np.isfinite(s.predict({'a': F['a']})).all()               # an absent feature is missing, not a crash
     assert ((s.predict(F) > .5) == y).mean() > .8
 
+def test_gbdt_scores_pairs_missing_a_view_with_its_gap_booster(tmp_path):
+    "Trained where every pair had a phash, and a phash distance of 0 meant a match: a pair without one is judged on its text."
+    rng = np.random.default_rng(2)
+    n = 6000
+    y = rng.random(n) < .3
+    text = np.where(y, rng.uniform(.4, 1, n), rng.uniform(0, .6, n)).astype(np.float32)
+    F = {'tfidf-word': text, 'phash_dist': np.where(y, 0, rng.integers(8, 40, n)).astype(np.float32)}
+    s = create_scorer('gbdt', n_estimators=40).fit(F, y)
+    assert s.complete == ['phash_dist', 'tfidf-word'] and s.gap_booster is not None
+    blank = {'tfidf-word': np.full(200, .1, np.float32), 'phash_dist': np.full(200, np.nan, np.float32)}
+    assert (s.booster.predict(np.column_stack([blank['phash_dist'], blank['tfidf-word']])) > .5).all()   # a blank read as 0
+    assert (s.predict(blank) < .2).all()
+    s2 = type(s).load(json.loads(json.dumps(s.save(tmp_path, 'm'))), tmp_path)
+    np.testing.assert_allclose(s2.predict(blank), s.predict(blank), atol=1e-6)
+    assert create_scorer('gbdt', n_estimators=5).fit(F, y, gaps=False).gap_booster is None
+
 def test_pool_rule_moves_with_the_pool_size():
     r = PoolRule(a=.2, b=.03, lo=.05, hi=.95, f1_a=1.2, f1_b=-.04)
     assert r.threshold(70_000) > r.threshold(12_000) > r.threshold(5_000)

@@ -5,7 +5,7 @@ an error — exit code 2 and one line on stderr naming the problem — or a grac
 something was skipped, and a valid submission: every posting exactly once, itself among its matches, at most 50.
 The table of cases is rendered on the docs' Robustness page (nbs/10_robustness.ipynb).
 """
-import hashlib, json, os, shutil, signal, subprocess, sys, time
+import hashlib, json, os, shutil, signal, subprocess, sys, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -490,3 +490,18 @@ def test_ascii_only_console(base, text_run, tmp_path):
     r = run('match', data, '--run', text_run, '--out', data/'soumission.csv', cache=tmp_path/'c', env={'PYTHONIOENCODING': 'ascii'})
     assert r.returncode == 0, r.stderr[-2000:]
     check_submission(data/'soumission.csv', pd.read_csv(data/'test.csv', dtype=str)['posting_id'])
+
+def test_titles_without_photo_hashes_with_the_shipped_model(tmp_path, here):
+    "English titles from other shops, no photos or hashes: a blank hash is not read as identical photos (50 matches each)."
+    from shopee_nb.data import load_postings, read_submission, match_metrics
+    folder = ROOT/'tests'/'data'/'english_titles'
+    rc, err = here('match', folder, '--split', 'train', '--out', tmp_path/'sub.csv')
+    assert rc == 0, err
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # the images are absent
+        df = load_postings(folder, 'train')
+    labels = df['label_group'].to_numpy()
+    preds = read_submission(tmp_path/'sub.csv', df['posting_id'].to_numpy())
+    true_size = pd.Series(labels).map(pd.Series(labels).value_counts()).mean()
+    assert np.mean([len(p) for p in preds]) <= 3 * true_size
+    assert match_metrics(preds, labels)['f1'] > match_metrics([[i] for i in range(len(df))], labels)['f1'] + 0.05
