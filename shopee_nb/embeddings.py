@@ -422,10 +422,10 @@ register_encoder('lite0', Lite0Encoder, 'image', doc='ImageNet EfficientNet-Lite
 # %% ../nbs/06_embeddings.ipynb #07fc1fbf
 _ALL_PROFILES = ('smoke', 'cpu', 'gpu')
 register_encoder('tfidf-word', 'shopee_nb.matching:TfidfEncoder', 'text', params=dict(kind='word'),
-                 profiles={p: {} for p in _ALL_PROFILES},
+                 profiles={p: dict(normalize=True) for p in _ALL_PROFILES},
                  doc='word TF-IDF of the titles (binary, English stop words), fitted on the postings being matched')
 register_encoder('tfidf-char', 'shopee_nb.matching:TfidfEncoder', 'text', params=dict(kind='char'),
-                 profiles={p: {} for p in _ALL_PROFILES},
+                 profiles={p: dict(normalize=True) for p in _ALL_PROFILES},
                  doc='character 3-4-gram TF-IDF of the titles, fitted on the postings being matched')
 register_encoder('phash', 'shopee_nb.matching:PhashEncoder', 'phash', profiles={p: dict(max_dist=0) for p in _ALL_PROFILES},
                  doc='the perceptual hash of the photo: identical (or near) hashes are candidate pairs')
