@@ -25,14 +25,14 @@ __all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'SCORER_FILES', 'COMB
            'View', 'encode_view', 'view_neighbours', 'StepEntry', 'register_step', 'step_entry', 'Context',
            'blend_rows', 'blend_step', 'candidate_pairs', 'pair_cosine', 'neighbour_lookup', 'view_similarity',
            'base_features', 'pagerank', 'graph_step', 'quantities', 'units_step', 'pool_context', 'register_scorer',
-           'GBDTScorer', 'feature_modality', 'blanked_copies', 'LogisticScorer', 'create_scorer', 'pairs_to_csr',
-           'cluster_step', 'decide', 'f1_curve', 'PoolRule', 'Member', 'MatchModel', 'load_model', 'data_modalities',
-           'fit_specs', 'keyed_state', 'fit_encoders', 'Pool', 'make_pool', 'pool_rows', 'validation_pools',
-           'oof_scores', 'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule', 'best_scorer', 'matches_step_gains',
-           'photo_folds', 'member_name', 'title_vocabulary', 'fit_model', 'curves_at', 'usable_members',
-           'match_postings', 'transfer_warnings', 'merge_models', 'default_model', 'cosine_phash_matches',
-           'fixed_threshold_scores', 'feature_filter', 'heldout_at_scale', 'transfer_scores', 'match_browser',
-           'style_matches', 'row_f1', 'error_gallery', 'photo_browser', 'training_minutes']
+           'GBDTScorer', 'training_rows', 'feature_modality', 'blanked_copies', 'LogisticScorer', 'create_scorer',
+           'pairs_to_csr', 'cluster_step', 'decide', 'f1_curve', 'PoolRule', 'Member', 'MatchModel', 'load_model',
+           'data_modalities', 'fit_specs', 'keyed_state', 'fit_encoders', 'Pool', 'make_pool', 'pool_rows',
+           'validation_pools', 'oof_scores', 'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule', 'best_scorer',
+           'matches_step_gains', 'photo_folds', 'member_name', 'title_vocabulary', 'fit_model', 'curves_at',
+           'usable_members', 'match_postings', 'transfer_warnings', 'merge_models', 'default_model',
+           'cosine_phash_matches', 'fixed_threshold_scores', 'feature_filter', 'heldout_at_scale', 'transfer_scores',
+           'match_browser', 'style_matches', 'row_f1', 'error_gallery', 'photo_browser', 'training_minutes']
 
 # %% ../nbs/08_ensemble.ipynb #93fad84a
 @dataclass
@@ -420,12 +420,7 @@ class GBDTScorer:
 
     def fit(self, F:dict, y, gaps:bool=True) -> 'GBDTScorer':
         "Train on pair features `F` and labels `y`; with `gaps`, also the booster for pairs that miss a view."
-        y = np.asarray(y, bool)
-        if y.all() or not y.any(): raise ValueError("the pair scorer needs both matching and non-matching candidate pairs")
-        self.features = sorted(F)
-        rows, w = _sample_negatives(y, self.params['max_negatives'], self.params['seed'])
-        X = _matrix(F, self.features)[rows]
-        y = y[rows]
+        self.features, X, y, w = training_rows(F, y, self.params['max_negatives'], self.params['seed'])
         self.booster = self._train(X, y, w)
         self.complete = [f for f, gap in zip(self.features, np.isnan(X).any(0)) if not gap]
         B, src = blanked_copies(X, self.features, self.params['gap_fraction'], self.params['seed'])
@@ -474,6 +469,19 @@ def _sample_negatives(y:np.ndarray, max_negatives:int, seed:int) -> tuple[np.nda
     rows = np.sort(np.r_[np.flatnonzero(y), keep])
     w = np.where(y[rows], 1.0, len(neg) / max_negatives).astype(np.float32)
     return rows, w
+
+# %% ../nbs/08_ensemble.ipynb #d56c0c0b
+def training_rows(F:dict, # pair features
+                  y, # pair labels: same product or not
+                  max_negatives:int, # at most this many non-matching pairs
+                  seed:int,
+                 ) -> tuple:
+    "Sorted feature names, the training matrix, its labels and weights (every match, sampled non-matches)."
+    y = np.asarray(y, bool)
+    if y.all() or not y.any(): raise ValueError("the pair scorer needs both matching and non-matching candidate pairs")
+    features = sorted(F)
+    rows, w = _sample_negatives(y, max_negatives, seed)
+    return features, _matrix(F, features)[rows], y[rows], w
 
 # %% ../nbs/08_ensemble.ipynb #e2580da6
 def feature_modality(feature:str) -> str|None:
@@ -527,18 +535,15 @@ class LogisticScorer:
     def fit(self, F:dict, y, gaps:bool=True) -> 'LogisticScorer':
         "Train on pair features `F` and labels `y` (`gaps` needs nothing more here: a missing feature is its own bin)."
         from sklearn.linear_model import LogisticRegression
-        y = np.asarray(y, bool)
-        if y.all() or not y.any(): raise ValueError("the pair scorer needs both matching and non-matching candidate pairs")
-        self.features = sorted(F)
-        rows, w = _sample_negatives(y, self.params['max_negatives'], self.params['seed'])
-        X = _matrix(F, self.features)[rows].astype(np.float64)
+        self.features, X, y, w = training_rows(F, y, self.params['max_negatives'], self.params['seed'])
+        X = X.astype(np.float64)
         for i, f in enumerate(self.features):
             x = X[:, i][~np.isnan(X[:, i])]
             self.edges[f] = np.unique(np.quantile(x, np.linspace(0, 1, self.params['n_bins'] + 1)[1:-1])).tolist() if len(x) else []
             self.center[f] = float(x.mean()) if len(x) else 0.0
             self.scale[f] = float(x.std()) + 1e-6 if len(x) else 1.0
         lr = LogisticRegression(C=self.params['C'], max_iter=500)
-        lr.fit(self._design({f: X[:, i] for i, f in enumerate(self.features)}), y[rows], sample_weight=w)
+        lr.fit(self._design({f: X[:, i] for i, f in enumerate(self.features)}), y, sample_weight=w)
         self.coef, self.intercept = lr.coef_.ravel().tolist(), float(lr.intercept_[0])
         return self
 
