@@ -399,7 +399,7 @@ class GBDTScorer:
     name = 'gbdt'
     defaults = dict(num_leaves=63, learning_rate=0.05, n_estimators=300, min_child_samples=100,
                     feature_fraction=0.8, bagging_fraction=0.8, max_negatives=2_000_000, seed=0, threads=None,
-                    gap_fraction=0.25)   # of the training rows copied per view kind with that kind blanked, for the gap booster
+                    gap_fraction=0.25)   # gap booster: share of the rows copied per kind of view, that kind blanked
 
     def __init__(self, **params):
         self.params = {**self.defaults, **params}
@@ -440,7 +440,8 @@ class GBDTScorer:
     def save(self, folder:Path, stem:str) -> dict:
         "Write the boosters; returns the spec (features, parameters, file names)."
         spec = dict(name=self.name, params=self.params, features=self.features, complete=self.complete)
-        for key, booster, name in [('file', self.booster, f'{stem}.lgb.txt'), ('gap_file', self.gap_booster, f'{stem}.gaps.lgb.txt')]:
+        files = [('file', self.booster, f'{stem}.lgb.txt'), ('gap_file', self.gap_booster, f'{stem}.gaps.lgb.txt')]
+        for key, booster, name in files:
             if booster is None: continue
             with atomic_write(Path(folder)/name, 'w') as f: f.write(booster.model_to_string())
             spec[key] = name
@@ -498,7 +499,8 @@ def blanked_copies(X:np.ndarray, # training rows of pair features
     "Per kind of view (if two or more): copies of `fraction` of the rows with that kind's features blanked, and the rows copied."
     kinds = {}
     for i, f in enumerate(features):
-        if feature_modality(f): kinds.setdefault(feature_modality(f), []).append(i)
+        kind = feature_modality(f)
+        if kind: kinds.setdefault(kind, []).append(i)
     if len(kinds) < 2 or fraction <= 0: return X[:0], np.zeros(0, int)
     rng = np.random.default_rng(seed)
     blocks, src = [], []
