@@ -453,6 +453,9 @@ class GBDTScorer:
         s = cls(**spec['params'])
         s.features, s.complete = list(spec['features']), list(spec.get('complete', []))
         if not set(s.complete) <= set(s.features): raise ValueError("the scorer's complete features are not among its features")
+        t = s.params['threads']
+        if t is not None and not (isinstance(t, int) and not isinstance(t, bool) and 1 <= t <= 1024):
+            raise ValueError(f"the scorer's threads must be null or a whole number 1-1024, not {t!r}")
         for key in ('file', 'gap_file'):
             if key not in spec: continue
             booster = lgb.Booster(model_str=child_path(folder, spec[key]).read_text())
@@ -910,7 +913,9 @@ def load_model(folder, # a folder written by `shopee_nb fit` (or `merge`)
     for i, m in enumerate(mems):
         where = f'{p} member {i}'
         _check(isinstance(m, dict) and isinstance(m.get('name'), str), where, 'a member needs a name')
-        _check(isinstance(m.get('encoders'), list) and m['encoders'] and set(m['encoders']) <= set(names), where, 'its encoders must be encoders of the model')
+        uses = m.get('encoders')
+        ok = isinstance(uses, list) and uses and all(isinstance(n, str) for n in uses) and set(uses) <= set(names)
+        _check(ok, where, 'its encoders must be encoders of the model')
         members.append(Member(m['name'], list(m['encoders']), _check_scorer(m.get('scorer'), folder, where), m['scorer'],
                               _check_rule(m.get('rule'), where), _check_cv(m.get('cv', {}), where)))
     combine = d.get('combine', 'any')
