@@ -818,6 +818,10 @@ def _json_default(o):
 def _check(ok:bool, where:str, what:str):
     if not ok: raise ValueError(f"{where}: {what}; refit with `shopee_nb fit` or restore the folder")
 
+def _named(x, registry:dict) -> bool:
+    "Is `x` a name in `registry` (a list or a number from a tampered file is not, and must not raise)?"
+    return isinstance(x, str) and x in registry
+
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -835,7 +839,7 @@ def _check_rule(r, where:str) -> PoolRule:
 
 # %% ../nbs/08_ensemble.ipynb #2e0068ed
 def _check_scorer(s, folder:Path, where:str):
-    _check(isinstance(s, dict) and s.get('name') in SCORERS, where, f"scorer must name one of {sorted(SCORERS)}")
+    _check(isinstance(s, dict) and _named(s.get('name'), SCORERS), where, f"scorer must name one of {sorted(SCORERS)}")
     feats = s.get('features')
     _check(isinstance(feats, list) and feats and all(isinstance(f, str) for f in feats), where, 'scorer.features must be a non-empty list of names')
     _check(isinstance(s.get('params'), dict), where, 'scorer.params must be an object')
@@ -876,7 +880,7 @@ def _check_cv(cv, where:str) -> dict:
 # %% ../nbs/08_ensemble.ipynb #5aa371a0
 def _check_step(s, where:str):
     "A step entry: a registered name; each parameter one its function takes, of the default's type, finite, 0-1000."
-    ok = isinstance(s, dict) and s.get('name') in STEPS and isinstance(s.get('params', {}), dict)
+    ok = isinstance(s, dict) and _named(s.get('name'), STEPS) and isinstance(s.get('params', {}), dict)
     _check(ok, where, f"unknown or malformed step {s!r}")
     sig = inspect.signature(STEPS[s['name']].fn).parameters
     for k, v in s.get('params', {}).items():
@@ -919,7 +923,7 @@ def load_model(folder, # a folder written by `shopee_nb fit` (or `merge`)
         members.append(Member(m['name'], list(m['encoders']), _check_scorer(m.get('scorer'), folder, where), m['scorer'],
                               _check_rule(m.get('rule'), where), _check_cv(m.get('cv', {}), where)))
     combine = d.get('combine', 'any')
-    _check(combine in COMBINE, str(p), f"combine must be one of {list(COMBINE)}, not {combine!r}")
+    _check(_named(combine, COMBINE), str(p), f"combine must be one of {list(COMBINE)}, not {combine!r}")
     meta = _check_meta(d.get('meta', {}), str(p))
     return MatchModel(encs, members, steps, meta, folder, combine)
 

@@ -186,6 +186,8 @@ def _tamper(out, tmp_path, fn, name='t'):
     (lambda d: d.update(version=1), 'not supported'),
     (lambda d: d['steps'].append({'name': 'pickle.load'}), 'unknown or malformed step'),
     (lambda d: d.update(combine='majority'), 'combine must be one of'),
+    (lambda d: d['steps'].append({'name': ['blend']}), 'unknown or malformed step'),
+    (lambda d: d['members'][0]['scorer'].update(name=['gbdt']), 'scorer must name one of'),
 ])
 def test_tampered_model_folders_are_refused_in_one_line(fitted, tmp_path, change, message):
     d, cfg, out, model = fitted
