@@ -13,7 +13,7 @@ import pandas as pd
 
 from .core import Config, get_config, import_tf, backends, split_gpu_memory, atomic_write, in_test, progress, seed_everything
 from .core import map_ordered
-from .data import DataError, load_image
+from .data import DataError, load_image, image_array
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')   # TF's C++ start-up logs (CUDA probing on CPU machines)
 import_tf()                        # torch first, then TensorFlow (quiet)
@@ -589,10 +589,10 @@ def augment_image(img, # an (s, s, 3) uint8 image, s >= size
 def _read(path, size: int) -> np.ndarray:
     "`path` (bytes or str) as a size x size uint8 RGB array; black, with a warning, when it cannot be read."
     path = path.decode() if isinstance(path, bytes) else str(path)
-    try: return np.asarray(load_image(path, int(size)), np.uint8)
-    except DataError as e:
-        warnings.warn(f"{e}; it is used as a black image")
-        return np.zeros((int(size), int(size), 3), np.uint8)
+    a = image_array(path, int(size))
+    if not isinstance(a, DataError): return a
+    warnings.warn(f"{a}; it is used as a black image")
+    return np.zeros((int(size), int(size), 3), np.uint8)
 
 # %% ../nbs/04_arcface_tf.ipynb #86cb8a85
 def image_dataset(df: pd.DataFrame, # postings with `image_path` ('' where absent)
@@ -655,12 +655,10 @@ def encode_image_paths(model, # an `ArcFaceModel` or its embedder
     emb = model.embedder if isinstance(model, ArcFaceModel) else model
     size, paths = int(emb.input_shape[1]), [str(p) for p in paths]
     out = np.zeros((len(paths), emb.output_shape[-1]), np.float32)
-    def read(p):
-        try: return np.asarray(load_image(p, size), np.float32)
-        except DataError as e: return e
     for b in range(0, len(paths), batch_size):
         x, ok = np.zeros((min(batch_size, len(paths) - b), size, size, 3), np.float32), []
-        for i, a in enumerate(map_ordered(read, paths[b:b + batch_size])):   # decoded in threads, in order
+        read = map_ordered(lambda p: image_array(p, size, np.float32), paths[b:b + batch_size])   # decoded in threads, in order
+        for i, a in enumerate(read):
             if isinstance(a, Exception): warnings.warn(f"{name}: {a}; it gets no image neighbours")
             else: x[i] = a; ok.append(i)
         if not ok: continue

@@ -16,8 +16,8 @@ from .core import atomic_write, get_config, Config, progress
 # %% auto #0
 __all__ = ['REQUIRED', 'SAMPLE_MARK', 'SAMPLE_SIZES', 'MAX_PIXELS', 'DataError', 'resolve_image', 'validate_postings',
            'load_postings', 'make_sample', 'sample_data', 'data_folder', 'group_targets', 'make_folds', 'match_scores',
-           'f1_score', 'match_metrics', 'load_image', 'image_grid', 'check_output', 'clean_matches', 'write_submission',
-           'read_submission']
+           'f1_score', 'match_metrics', 'load_image', 'image_array', 'image_grid', 'check_output', 'clean_matches',
+           'write_submission', 'read_submission']
 
 # %% ../nbs/01_data.ipynb #32d1e94e
 class DataError(ValueError):
@@ -415,6 +415,15 @@ def load_image(path, # the image file
     except DataError: raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
+
+# %% ../nbs/01_data.ipynb #d635ec4d
+def image_array(path, # the image file
+                size:int, # side of the square result
+                dtype=np.uint8, # of the array
+               ) -> np.ndarray|DataError:
+    "`load_image(path, size)` as an array, or the `DataError` that stopped it (for threads that report in order)."
+    try: return np.asarray(load_image(path, size), dtype)
+    except DataError as e: return e
 
 # %% ../nbs/01_data.ipynb #cd3ee608
 def image_grid(paths, titles=None, ncols: int = 6, size: int = 96) -> Image.Image:

@@ -13,7 +13,7 @@ import pandas as pd
 from fastcore.basics import patch
 
 from .core import get_config, Config, atomic_write, progress, import_torch, backends, map_ordered
-from .data import load_image, DataError
+from .data import load_image, image_array, DataError
 
 # %% auto #0
 __all__ = ['MODALITIES', 'ENCODERS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'LORA_TARGETS', 'TRAIN_MODES', 'MINILM_ARCFACE_WEIGHTS',
@@ -370,16 +370,11 @@ register_encoder('e5', E5Encoder, 'text', doc='multilingual-e5-small as shipped 
 # %% ../nbs/06_embeddings.ipynb #18c9bc63
 IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
 
-def _decoded(p, size: int):
-    "The image at `p` as a size x size uint8 array, or the error that stopped it (raised later, in order)."
-    try: return np.asarray(load_image(p, size), np.uint8)
-    except (DataError, OSError) as e: return e
-
 def images_to_batch(paths, size: int, bad: list | None = None, workers: int | None = None) -> np.ndarray:
     """Images as an ImageNet-normalised float32 NCHW batch, decoded in threads (`core.map_ordered`);
     unreadable ones become zeros and are listed in `bad`."""
     out = np.zeros((len(paths), 3, size, size), np.float32)
-    for i, (p, a) in enumerate(zip(paths, map_ordered(lambda q: _decoded(q, size), paths, workers))):
+    for i, (p, a) in enumerate(zip(paths, map_ordered(lambda q: image_array(q, size), paths, workers))):
         if isinstance(a, Exception):
             if bad is not None: bad.append((p, str(a)))
             continue
