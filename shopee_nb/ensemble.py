@@ -397,7 +397,8 @@ def _matrix(F, features) -> np.ndarray:
 class GBDTScorer:
     "Gradient-boosted trees over the pair features (LightGBM), saved in LightGBM's text format."
     name = 'gbdt'
-    defaults = dict(num_leaves=63, learning_rate=0.05, n_estimators=300, min_child_samples=100,
+    defaults = dict(num_leaves=31, learning_rate=0.05, n_estimators=300, min_child_samples=100,
+                    max_delta_step=1.0,  # a leaf adds at most learning_rate x this to the log-odds
                     feature_fraction=0.8, bagging_fraction=0.8, max_negatives=2_000_000, seed=0, threads=None,
                     gap_fraction=0.25)   # gap booster: share of the rows copied per kind of view, that kind blanked
 
@@ -413,6 +414,7 @@ class GBDTScorer:
                          free_raw_data=True)
         cfg = dict(objective='binary', num_leaves=p['num_leaves'], learning_rate=p['learning_rate'],
                    min_child_samples=min(p['min_child_samples'], max(5, int(y.sum()) // 20)),   # small data: smaller leaves
+                   max_delta_step=p['max_delta_step'],
                    feature_fraction=p['feature_fraction'], bagging_fraction=p['bagging_fraction'], bagging_freq=1,
                    seed=p['seed'],
                    num_threads=_threads(p['threads']), verbose=-1, deterministic=True, force_row_wise=True)
@@ -1249,7 +1251,7 @@ def fit_model(df:pd.DataFrame, # labelled postings (`label_group`)
     steps = DEFAULT_STEPS if steps is None else steps
     scorer = DEFAULT_SCORER if scorer is None else scorer
     key = dict(data=postings_fingerprint(df), encoders=specs, steps=steps, scorer=scorer, n_folds=n_folds, split=split,
-               seed=cfg.seed, k=cfg.k, max_dist=cfg.phash_max_dist, version=4)
+               seed=cfg.seed, k=cfg.k, max_dist=cfg.phash_max_dist, version=5)
     state = keyed_state(out/'state', key, log)
     if (state/'done').is_file() and (out/'model.json').is_file():
         log(f"{out} already holds this fit (same data and settings): nothing to do")

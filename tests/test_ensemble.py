@@ -81,6 +81,24 @@ def test_gbdt_scores_pairs_missing_a_view_with_its_gap_booster(tmp_path):
     np.testing.assert_allclose(s2.predict(blank), s.predict(blank), atol=1e-6)
     assert create_scorer('gbdt', n_estimators=5).fit(F, y, gaps=False).gap_booster is None
 
+def test_gbdt_leaves_add_bounded_log_odds():
+    "A leaf fitted on a few pairs in a sparse corner cannot add hundreds of log-odds (pairs with nothing in common scored 1.0)."
+    rng = np.random.default_rng(3)
+    n = 20_000
+    x = rng.random(n).astype(np.float32)
+    y = (x > .7) | (rng.random(n) < .001)   # a few matches far from the others
+    s = create_scorer('gbdt', n_estimators=50, min_child_samples=5).fit({'cos': x, 'other': rng.random(n).astype(np.float32)}, y)
+    bound = s.params['learning_rate'] * s.params['max_delta_step']
+    for booster in (s.booster, s.gap_booster):
+        if booster is None: continue
+        trees = booster.dump_model()['tree_info']
+        leaves = [v for t in trees[1:] for v in _leaf_values(t['tree_structure'])]   # the first tree holds the base rate too
+        assert leaves and max(abs(v) for v in leaves) <= bound + 1e-9
+
+def _leaf_values(node):
+    if 'leaf_value' in node: return [node['leaf_value']]
+    return _leaf_values(node['left_child']) + _leaf_values(node['right_child'])
+
 def test_pool_rule_moves_with_the_pool_size():
     r = PoolRule(a=.2, b=.03, lo=.05, hi=.95, f1_a=1.2, f1_b=-.04)
     assert r.threshold(70_000) > r.threshold(12_000) > r.threshold(5_000)
