@@ -18,11 +18,12 @@ from .data import load_image, image_array, DataError
 # %% auto #0
 __all__ = ['MODALITIES', 'ENCODERS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'LORA_TARGETS', 'TRAIN_MODES', 'MINILM_ARCFACE_WEIGHTS',
            'SAVE_DTYPES', 'EncoderEntry', 'register_encoder', 'encoder_entry', 'encoder_class', 'l2_normalize',
-           'Encoder', 'create_encoder', 'profile_encoders', 'file_sha256', 'content_keys', 'postings_fingerprint',
-           'child_path', 'embed', 'MiniLMEncoder', 'E5Encoder', 'images_to_batch', 'Lite0Encoder', 'minilm_path',
-           'tokenize_titles', 'text_nets', 'load_minilm', 'add_lora', 'trainable_parameters', 'MiniLMArcFaceEncoder',
-           'length_batches', 'bottom_states', 'save_checkpoint', 'load_checkpoint', 'Model1ImageEncoder',
-           'Model1TextEncoder', 'Model2Encoder', 'Projection', 'fit_projection']
+           'param_errors', 'Encoder', 'create_encoder', 'profile_encoders', 'file_sha256', 'content_keys',
+           'postings_fingerprint', 'child_path', 'embed', 'MiniLMEncoder', 'E5Encoder', 'images_to_batch',
+           'Lite0Encoder', 'minilm_path', 'tokenize_titles', 'text_nets', 'load_minilm', 'add_lora',
+           'trainable_parameters', 'MiniLMArcFaceEncoder', 'length_batches', 'bottom_states', 'save_checkpoint',
+           'load_checkpoint', 'Model1ImageEncoder', 'Model1TextEncoder', 'Model2Encoder', 'Projection',
+           'fit_projection']
 
 # %% ../nbs/06_embeddings.ipynb #5ad371d6
 MODALITIES = ('text', 'image', 'phash')
@@ -75,6 +76,23 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, n, out=np.zeros_like(x), where=n > eps)
 
+# %% ../nbs/06_embeddings.ipynb #430ebaab
+def param_errors(defaults:dict, # every parameter an encoder takes, with its default
+                 params:dict, # the parameters given
+                ) -> list[str]:
+    "What is wrong with `params`: names the encoder does not take, and values of another JSON type than the default's."
+    allowed = {bool: (bool,), int: (int,), float: (int, float), str: (str,),
+               dict: (dict,), list: (list, tuple), tuple: (list, tuple)}
+    unknown = sorted(set(params) - set(defaults))
+    errors = [f"unknown parameter(s) {', '.join(unknown)}"] if unknown else []
+    for k in sorted(set(params) & set(defaults)):
+        d, v = defaults[k], params[k]
+        kinds = allowed.get(type(d))
+        if kinds is None or v is None: continue   # a None default takes any value; a None value means "off"
+        if isinstance(v, kinds) and (type(d) is bool or not isinstance(v, bool)): continue
+        errors.append(f"parameter {k} must be of type {type(d).__name__} (like {d!r}), not {v!r}")
+    return errors
+
 # %% ../nbs/06_embeddings.ipynb #eb37a0b5
 class Encoder:
     "Base class: named parameters in, L2-normalised float32 rows out; trainable encoders also learn weight files."
@@ -86,9 +104,9 @@ class Encoder:
     batch_size: int = 64    # rows per `encode_items` call
 
     def __init__(self, **params):
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise ValueError(f"{type(self).__name__}: unknown parameter(s) {', '.join(unknown)}; it takes {', '.join(sorted(self.defaults)) or 'none'}")
+        errors = param_errors(self.defaults, params)
+        if errors:
+            raise ValueError(f"{type(self).__name__}: {'; '.join(errors)}; it takes {', '.join(sorted(self.defaults)) or 'none'}")
         self.params = {**self.defaults, **params}
         self.weights, self.folder, self._model = {}, None, None
 

@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from .core import get_config, Config, progress, atomic_write
 from .data import make_folds, DataError
 from .embeddings import (Encoder, embed, l2_normalize, create_encoder, encoder_entry, profile_encoders,
-                                  file_sha256, child_path, postings_fingerprint, ENCODERS)
+                                  file_sha256, child_path, postings_fingerprint, ENCODERS, encoder_class, param_errors)
 from .matching import Neighbours, topk_cosine, phash_pairs, hamming, csr_metrics
 
 # %% auto #0
@@ -936,6 +936,8 @@ def _check_encoder(e, folder:Path, where:str):
     try: encoder_entry(e['name'])
     except ValueError as err: _check(False, where, str(err))
     _check(isinstance(e.get('params', {}), dict), where, f"encoder {e['name']}: params must be an object")
+    errors = param_errors(encoder_class(e['name']).defaults, e.get('params', {}))
+    _check(not errors, where, f"encoder {e['name']}: {'; '.join(errors)}")
     w = e.get('weights', {})
     _check(isinstance(w, dict) and all(isinstance(v, str) and len(v) == 64 for v in w.values()), where,
            f"encoder {e['name']}: weights must map file names to sha256 digests")

@@ -206,6 +206,8 @@ def _tamper(out, tmp_path, fn, name='t'):
     (lambda d: d.update(combine='majority'), 'combine must be one of'),
     (lambda d: d['steps'].append({'name': ['blend']}), 'unknown or malformed step'),
     (lambda d: d['members'][0]['scorer'].update(name=['gbdt']), 'scorer must name one of'),
+    (lambda d: d['encoders'][0]['params'].update(no_such_parameter=1), 'unknown parameter'),
+    (lambda d: [e['params'].update(kind=['word']) for e in d['encoders'] if e['name'] == 'tfidf-word'], 'parameter kind must be of type str'),
 ])
 def test_tampered_model_folders_are_refused_in_one_line(fitted, tmp_path, change, message):
     d, cfg, out, model = fitted
