@@ -16,7 +16,8 @@ from fastcore.basics import patch
 from .core import get_config, Config, progress, atomic_write
 from .data import make_folds, DataError
 from .embeddings import (Encoder, embed, l2_normalize, create_encoder, encoder_entry, profile_encoders,
-                                  file_sha256, child_path, postings_fingerprint, ENCODERS, encoder_class, param_errors)
+                                  file_sha256, child_path, postings_fingerprint, ENCODERS, encoder_class,
+                                  param_errors)
 from .matching import Neighbours, topk_cosine, phash_pairs, hamming, csr_metrics
 
 # %% auto #0
