@@ -882,16 +882,17 @@ def _check_cv(cv, where:str) -> dict:
 
 # %% ../nbs/08_ensemble.ipynb #5aa371a0
 def _check_step(s, where:str):
-    "A step entry: a registered name; each parameter one its function takes, of the default's type, finite, 0-1000."
+    "A step entry: a registered name; parameters its function takes (`param_errors`), finite, 0-1000."
     ok = isinstance(s, dict) and _named(s.get('name'), STEPS) and isinstance(s.get('params', {}), dict)
     _check(ok, where, f"unknown or malformed step {s!r}")
     sig = inspect.signature(STEPS[s['name']].fn).parameters
-    for k, v in s.get('params', {}).items():
-        known = k in sig and sig[k].default is not inspect.Parameter.empty
-        _check(known, where, f"step {s['name']} has no parameter {k!r}")
-        kind = int if isinstance(sig[k].default, int) else float
-        ok = _finite(v) and (kind is float or isinstance(v, int)) and 0 <= v <= 1000
-        what = 'a whole number' if kind is int else 'a number'
+    defaults = {k: p.default for k, p in sig.items() if p.default is not inspect.Parameter.empty}
+    params = s.get('params', {})
+    errors = param_errors(defaults, params)
+    _check(not errors, where, f"step {s['name']}: {'; '.join(errors)}")
+    for k, v in params.items():
+        what = 'a whole number' if isinstance(defaults[k], int) else 'a number'
+        ok = _finite(v) and 0 <= v <= 1000
         _check(ok, where, f"step {s['name']}: {k} must be {what} from 0 to 1000, not {v!r}")
 
 # %% ../nbs/08_ensemble.ipynb #f1b6cf06
