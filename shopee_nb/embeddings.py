@@ -16,11 +16,11 @@ from .core import get_config, Config, atomic_write, progress, import_torch, back
 from .data import load_image, image_array, DataError
 
 # %% auto #0
-__all__ = ['MODALITIES', 'ENCODERS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'LORA_TARGETS', 'TRAIN_MODES', 'MINILM_ARCFACE_WEIGHTS',
-           'SAVE_DTYPES', 'EncoderEntry', 'register_encoder', 'encoder_entry', 'encoder_class', 'l2_normalize',
-           'param_errors', 'Encoder', 'create_encoder', 'profile_encoders', 'file_sha256', 'content_keys',
-           'postings_fingerprint', 'child_path', 'embed', 'MiniLMEncoder', 'E5Encoder', 'images_to_batch',
-           'Lite0Encoder', 'minilm_path', 'tokenize_titles', 'text_nets', 'load_minilm', 'add_lora',
+__all__ = ['MODALITIES', 'ENCODERS', 'SPENT', 'IMAGENET_MEAN', 'IMAGENET_STD', 'LORA_TARGETS', 'TRAIN_MODES',
+           'MINILM_ARCFACE_WEIGHTS', 'SAVE_DTYPES', 'EncoderEntry', 'register_encoder', 'encoder_entry',
+           'encoder_class', 'l2_normalize', 'param_errors', 'Encoder', 'create_encoder', 'profile_encoders',
+           'file_sha256', 'content_keys', 'postings_fingerprint', 'child_path', 'embed', 'MiniLMEncoder', 'E5Encoder',
+           'images_to_batch', 'Lite0Encoder', 'minilm_path', 'tokenize_titles', 'text_nets', 'load_minilm', 'add_lora',
            'trainable_parameters', 'MiniLMArcFaceEncoder', 'length_batches', 'bottom_states', 'save_checkpoint',
            'load_checkpoint', 'Model1ImageEncoder', 'Model1TextEncoder', 'Model2Encoder', 'Projection',
            'fit_projection']
@@ -202,6 +202,20 @@ def child_path(folder, # the folder the file must stay in
         raise ValueError(f"weight file name {name!r} must be a plain relative name inside the model folder")
     return Path(folder)/p
 
+# %% ../nbs/06_embeddings.ipynb #5e7c0a11
+SPENT = 'seconds_spent.json'   # training seconds of the calls of `Encoder.fit` that were stopped before the end
+
+def _spent_seconds(folder:Path, # the encoder's folder
+                   seconds:float|None=None, # write this total; None: only read it
+                  ) -> float:
+    "The training seconds recorded in `folder` by stopped calls of `Encoder.fit` (written when `seconds` is given)."
+    path = folder/SPENT
+    if seconds is not None:
+        with atomic_write(path, 'w') as f: json.dump({'seconds': seconds}, f)
+    try: return float(json.loads(path.read_text())['seconds'])
+    except (OSError, ValueError, KeyError, TypeError): return 0.0
+
+
 # %% ../nbs/06_embeddings.ipynb #ad961166
 @patch
 def fit(self:Encoder, df:pd.DataFrame, # labelled postings (`label_group`)
@@ -216,11 +230,16 @@ def fit(self:Encoder, df:pd.DataFrame, # labelled postings (`label_group`)
     if done is not None:
         self.weights = done
         return self.load(folder)
-    t0 = time.perf_counter()
-    files = self._fit(df, folder, cfg or get_config())
+    spent, t0, finished = _spent_seconds(folder), time.perf_counter(), False
+    try:
+        files = self._fit(df, folder, cfg or get_config())
+        finished = True
+    finally:   # stopped (Ctrl-C, an error, a time limit's SIGINT): the next call resumes and adds to this
+        if not finished: _spent_seconds(folder, spent + time.perf_counter() - t0)
     self.weights = {f: file_sha256(child_path(folder, f)) for f in files}
-    seconds = round(time.perf_counter() - t0, 1)   # this call's training (a resumed fit: its remaining epochs)
+    seconds = round(spent + time.perf_counter() - t0, 1)   # every call's training, a stopped one's included
     with atomic_write(folder/'key.json', 'w') as f: json.dump({**key, 'weights': self.weights, 'seconds': seconds}, f, indent=1)
+    (folder/SPENT).unlink(missing_ok=True)
     return self.load(folder)
 
 # %% ../nbs/06_embeddings.ipynb #7054c527

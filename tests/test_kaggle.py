@@ -76,3 +76,28 @@ def test_kaggle_notebooks_have_no_outputs_and_local_paths_only():
         text = ''.join(''.join(c['source']) for c in nb['cells'])
         assert 'https://' not in text and 'http://' not in text     # nothing is fetched from the internet
         assert "'--no-index', '--find-links'" in text
+
+def test_kaggle_train_interrupts_a_fit_at_its_time_limit(tmp_path, monkeypatch):
+    "train.ipynb's `shopee_nb` helper stops a fit at `timeout` with Ctrl-C, so the fit records its seconds (06), not a kill."
+    import nbformat
+    nb = nbformat.read(KAGGLE/'train.ipynb', as_version=4)
+    ns = {}
+    for c in nb.cells:
+        if c.cell_type == 'code' and (c.source.startswith('import os') or 'def shopee_nb(' in c.source): exec(c.source, ns)
+    fake = tmp_path/'shopee_nb'                   # `python -m shopee_nb` run from tmp_path finds this one first
+    fake.mkdir()
+    (fake/'__init__.py').write_text('')
+    (fake/'__main__.py').write_text(
+        "import sys, time\n"
+        "open('started', 'w').close()\n"
+        "try:\n"
+        "    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    open('interrupted', 'w').close()\n"
+        "    sys.exit(130)\n")
+    monkeypatch.chdir(tmp_path)
+    t0 = time.time()
+    with pytest.raises(subprocess.TimeoutExpired):
+        ns['shopee_nb']('fit', 'data', timeout=3)
+    assert (tmp_path/'started').is_file() and (tmp_path/'interrupted').is_file()
+    assert time.time() - t0 < 30
