@@ -5,6 +5,7 @@ image encoders trained by `fit` on CUDA (grocery photos, `--split photo --folds 
 
 - `topk`: `_topk_xp` on CuPy over `--n` random 512-d rows, k=50: seconds, the memory the CuPy pool took against
   `TOPK_BUDGET` (plus the rows themselves), agreement with the NumPy path, and `torch.topk` as a reference.
+- `pairs`: the pair features' neighbour lookups and pair cosines on NumPy and on CuPy: seconds and agreement.
 - `costs`: milliseconds per posting of JPEG decoding (1 and 16 threads), image forward passes and training steps
   (eca_nfnet_l0 with Mish at 512 px, EfficientNet-B3 at 512 px in timm, efficientnet_lite0 at 224 px), title
   forward passes and training steps (BERT-large at 70 tokens as the gpu profile's text model, MiniLM-L6 at 32),
@@ -106,6 +107,30 @@ def part_topk(n: int, k: int, smoke: bool) -> dict:
     torch_topk(E[:check], k)
     t = timed(lambda: torch_topk(E, k))
     out['torch_topk_seconds'] = round(t, 3)
+    return out
+
+def part_pairs(n: int, k: int, smoke: bool) -> dict:
+    "Pair features (neighbour lookups both ways, cosine of pairs outside the lists) on NumPy and on CuPy."
+    from shopee_nb.ensemble import neighbour_lookup, pair_cosine
+    E = unit_rows(n, 512, seed=1)
+    try:
+        import cupy
+    except ImportError:
+        return dict(cupy='not installed: the CuPy path was not measured')
+    nb = _topk_xp(E, E, k, cupy)
+    I, J = np.repeat(np.arange(n), k - 1), nb.idx[:, 1:].ravel()
+    rng = np.random.default_rng(0)
+    R = rng.integers(0, n, (2, min(1_000_000, 20 * n)))
+    out, res = dict(n=n, k=k, listed_pairs=len(I), other_pairs=R.shape[1]), {}
+    for name, xp in (('numpy', np), ('cupy', cupy)):
+        def run():
+            res[name] = (neighbour_lookup(nb, I, J, xp), neighbour_lookup(nb, J, I, xp), pair_cosine(E, R[0], R[1], xp=xp))
+        run()
+        out[f'{name}_seconds'] = round(timed(run), 3)
+    (a1, a2, ac), (b1, b2, bc) = res['numpy'], res['cupy']
+    out['same_ranks'] = bool(all((x[0] == y[0]).all() for x, y in ((a1, b1), (a2, b2))))
+    out['same_list_sims'] = bool(all(np.array_equal(x[1], y[1], equal_nan=True) for x, y in ((a1, b1), (a2, b2))))
+    out['max_cosine_diff'] = float(np.abs(ac - bc).max())
     return out
 
 def photos(smoke: bool) -> list[str]:
@@ -278,6 +303,7 @@ def main():
         try:
             if part == 'env': r = part_env(a.smoke)
             elif part == 'topk': r = part_topk(n, 50, a.smoke)
+            elif part == 'pairs': r = part_pairs(n, 50, a.smoke)
             elif part == 'costs': r = part_costs(n, a.smoke)
             elif part == 'grocery': r = part_grocery(a.smoke)
             else: raise SystemExit(f'unknown part {part!r}')

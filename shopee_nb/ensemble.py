@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from fastcore.basics import patch
 
-from .core import get_config, Config, progress, atomic_write
+from .core import get_config, Config, progress, atomic_write, backends
 from .data import make_folds, DataError
 from .embeddings import (Encoder, embed, l2_normalize, create_encoder, encoder_entry, profile_encoders,
                                   file_sha256, child_path, postings_fingerprint, ENCODERS, encoder_class,
@@ -24,14 +24,14 @@ from .matching import Neighbours, topk_cosine, phash_pairs, hamming, csr_metrics
 __all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'SCORER_FILES', 'COMBINE', 'DEFAULT_STEPS', 'DEFAULT_SCORER',
            'SMALL_DATA_PAIRS', 'THRESHOLDS', 'MIN2_OFFSETS', 'POOLS', 'VOCAB_SEEN', 'FEATURE_GROUPS', 'STATUS_COLOURS',
            'View', 'encode_view', 'view_neighbours', 'StepEntry', 'register_step', 'step_entry', 'Context',
-           'blend_rows', 'blend_step', 'candidate_pairs', 'pair_cosine', 'neighbour_lookup', 'view_similarity',
-           'base_features', 'pagerank', 'graph_step', 'quantities', 'units_step', 'pool_context', 'register_scorer',
-           'GBDTScorer', 'training_rows', 'feature_modality', 'blanked_copies', 'LogisticScorer', 'create_scorer',
-           'pairs_to_csr', 'cluster_step', 'decide', 'f1_curve', 'PoolRule', 'Member', 'MatchModel', 'load_model',
-           'data_modalities', 'fit_specs', 'keyed_state', 'fit_encoders', 'Pool', 'make_pool', 'pool_rows',
-           'validation_pools', 'oof_scores', 'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule', 'best_scorer',
-           'matches_step_gains', 'photo_folds', 'member_name', 'title_vocabulary', 'fit_model', 'curves_at',
-           'usable_members', 'match_postings', 'transfer_warnings', 'merge_models', 'default_model',
+           'blend_rows', 'blend_step', 'candidate_pairs', 'gpu_xp', 'pair_cosine', 'neighbour_lookup',
+           'view_similarity', 'base_features', 'pagerank', 'graph_step', 'quantities', 'units_step', 'pool_context',
+           'register_scorer', 'GBDTScorer', 'training_rows', 'feature_modality', 'blanked_copies', 'LogisticScorer',
+           'create_scorer', 'pairs_to_csr', 'cluster_step', 'decide', 'f1_curve', 'PoolRule', 'Member', 'MatchModel',
+           'load_model', 'data_modalities', 'fit_specs', 'keyed_state', 'fit_encoders', 'Pool', 'make_pool',
+           'pool_rows', 'validation_pools', 'oof_scores', 'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule',
+           'best_scorer', 'matches_step_gains', 'photo_folds', 'member_name', 'title_vocabulary', 'fit_model',
+           'curves_at', 'usable_members', 'match_postings', 'transfer_warnings', 'merge_models', 'default_model',
            'cosine_phash_matches', 'fixed_threshold_scores', 'feature_filter', 'heldout_at_scale', 'transfer_scores',
            'match_browser', 'style_matches', 'row_f1', 'error_gallery', 'photo_browser', 'training_minutes']
 
@@ -187,43 +187,77 @@ def candidate_pairs(ctx:Context, # views with their neighbours
     keep = I != J
     return I[keep], J[keep]
 
+# %% ../nbs/08_ensemble.ipynb #3c1d9e70
+def gpu_xp():
+    "CuPy where the GPU path is usable (`backends()`: a GPU, and RAPIDS with CuPy passing its test), else NumPy."
+    b = backends()
+    if not (b.gpu and b.rapids): return np
+    import cupy
+    return cupy
+
+
 # %% ../nbs/08_ensemble.ipynb #ebdb1c4f
-def pair_cosine(X, I, J, chunk:int=500_000) -> np.ndarray:
-    "Cosine of rows `I` and `J` of L2-normalised `X` (dense or sparse), in chunks."
+def pair_cosine(X, # L2-normalised rows: dense (n × d) or sparse
+                I, J, # the pairs' row indices
+                chunk:int=500_000, # pairs per step
+                xp=np, # the array module of dense rows: NumPy, or CuPy (`gpu_xp`)
+               ) -> np.ndarray:
+    "Cosine of rows `I` and `J` of `X`, in chunks; dense rows on `xp`'s device, the result on the host."
     out = np.empty(len(I), np.float32)
+    if sp.issparse(X):
+        for s in range(0, len(I), chunk):
+            a, b = I[s:s + chunk], J[s:s + chunk]
+            out[s:s + chunk] = np.asarray(X[a].multiply(X[b]).sum(1)).ravel()
+        return out
+    to_host = getattr(xp, 'asnumpy', np.asarray)
+    Xd = xp.asarray(X)
     for s in range(0, len(I), chunk):
-        a, b = I[s:s + chunk], J[s:s + chunk]
-        if sp.issparse(X): out[s:s + chunk] = np.asarray(X[a].multiply(X[b]).sum(1)).ravel()
-        else: out[s:s + chunk] = np.einsum('ij,ij->i', X[a], X[b])
+        a, b = xp.asarray(I[s:s + chunk]), xp.asarray(J[s:s + chunk])
+        out[s:s + chunk] = to_host(xp.einsum('ij,ij->i', Xd[a], Xd[b]))
     return out
 
+
 # %% ../nbs/08_ensemble.ipynb #4b01e221
-def neighbour_lookup(nb:Neighbours, I, J) -> tuple[np.ndarray, np.ndarray]:
-    "Position of `J` in `I`'s neighbour list (`k` when absent) and its similarity there (NaN when absent)."
+def neighbour_lookup(nb:Neighbours, # every posting's neighbour list
+                     I, J, # the pairs' row indices
+                     xp=np, # the array module: NumPy, or CuPy (`gpu_xp`)
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    "Position of `J` in `I`'s neighbour list (`k` when absent) and its similarity there (NaN when absent), on the host."
     n, k = nb.idx.shape
-    ok = nb.idx >= 0
-    keys = (np.arange(n)[:, None].astype(np.int64) * n + nb.idx)[ok]
-    pos, sim = np.broadcast_to(np.arange(k), nb.idx.shape)[ok], nb.sim[ok]
-    o = np.argsort(keys)
+    to_host = getattr(xp, 'asnumpy', np.asarray)
+    idx, sims = xp.asarray(nb.idx), xp.asarray(nb.sim)
+    ok = idx >= 0
+    keys = (xp.arange(n, dtype=xp.int64)[:, None] * n + idx)[ok]
+    pos, sim = xp.broadcast_to(xp.arange(k), idx.shape)[ok], sims[ok]
+    o = xp.argsort(keys)
     keys, pos, sim = keys[o], pos[o], sim[o]
     if not len(keys): return np.full(len(I), k, np.float32), np.full(len(I), np.nan, np.float32)
-    q = I.astype(np.int64) * n + J
-    at = np.clip(np.searchsorted(keys, q), 0, len(keys) - 1)
+    q = xp.asarray(I).astype(xp.int64) * n + xp.asarray(J)
+    at = xp.clip(xp.searchsorted(keys, q), 0, len(keys) - 1)
     found = keys[at] == q
-    return np.where(found, pos[at], k).astype(np.float32), np.where(found, sim[at], np.nan).astype(np.float32)
+    rank = xp.where(found, pos[at], k).astype(xp.float32)
+    return to_host(rank), to_host(xp.where(found, sim[at], xp.nan).astype(xp.float32))
+
 
 # %% ../nbs/08_ensemble.ipynb #ee28fb92
-def view_similarity(view:View, nb:Neighbours, I, J, known=None) -> np.ndarray:
+def view_similarity(view:View, # a dense or sparse view
+                    nb:Neighbours, # its neighbour lists
+                    I, J, # the pairs' row indices
+                    known=None, # cosines already read from the neighbour lists (NaN: to compute)
+                    xp=np, # the array module for dense rows (`gpu_xp`)
+                   ) -> np.ndarray:
     "Cosine of pairs in `view`: read from the neighbour lists where one holds the other (`known`), computed for the rest."
     s = np.array(known, np.float32) if known is not None else np.full(len(I), np.nan, np.float32)
     todo = np.flatnonzero(np.isnan(s))
-    if len(todo): s[todo] = pair_cosine(view.X, I[todo], J[todo])
+    if len(todo): s[todo] = pair_cosine(view.X, I[todo], J[todo], xp=xp)
     return s
+
 
 # %% ../nbs/08_ensemble.ipynb #7001bf1b
 def base_features(ctx:Context):
     "Per view: cosine, relative cosine, rank both ways; per phash view: Hamming distance."
     I, J = ctx.I, ctx.J
+    xp = gpu_xp()
     for v in ctx.views:
         av = v.available
         miss = ~(av[I] & av[J])
@@ -232,9 +266,9 @@ def base_features(ctx:Context):
             ctx.F[f'{v.name}_dist'] = np.where(miss, np.nan, d)
             continue
         nb = ctx.nbs[v.name]
-        (r1, s1), (r2, s2) = neighbour_lookup(nb, I, J), neighbour_lookup(nb, J, I)
+        (r1, s1), (r2, s2) = neighbour_lookup(nb, I, J, xp), neighbour_lookup(nb, J, I, xp)
         known = np.where(miss, 0, np.where(np.isnan(s1), s2, s1))      # postings without the view: nothing to compute
-        s = np.where(miss, np.nan, view_similarity(v, nb, I, J, known))
+        s = np.where(miss, np.nan, view_similarity(v, nb, I, J, known, xp))
         best = np.where(nb.idx[:, 1] >= 0, nb.sim[:, 1], np.nan) if nb.k > 1 else np.full(ctx.n, np.nan)
         ctx.F[v.name] = s
         ctx.F[f'{v.name}_rel'] = s - np.fmax(best[I], best[J])

@@ -286,3 +286,56 @@ def test_gpu_bench_script_runs_at_smoke_size(tmp_path):
     assert res['topk']['numpy_seconds_at_n'] > 0
     costs = res['costs']['ms_per_posting']
     assert costs['eca_nfnet_l0 + Mish 512px embed'] > 0 and costs['BERT-large 70 tokens embed'] > 0
+
+# --- pair features on the array module of the GPU path -------------------------------------------------------------
+
+def _numpy_module_as_cupy():
+    "All of NumPy under the name `cupy`, with `asnumpy`: the xp code paths run on the CPU."
+    m = types.ModuleType('cupy')
+    m.__getattr__ = lambda name: getattr(np, name)
+    m.asnumpy = lambda a: np.array(a, copy=True)
+    return m
+
+def _neighbours_with_gaps(n=200, k=12, seed=5):
+    rng = np.random.default_rng(seed)
+    idx = np.stack([rng.permutation(n)[:k] for _ in range(n)]).astype(np.int32)
+    sim = np.sort(rng.random((n, k)).astype(np.float32), axis=1)[:, ::-1].copy()
+    idx[rng.random((n, k)) < 0.1] = -1                      # padded slots (fewer than k neighbours)
+    return Neighbours(idx, sim)
+
+def test_gpu_pair_features_neighbour_lookup_same_on_xp():
+    from shopee_nb.ensemble import neighbour_lookup
+    nb = _neighbours_with_gaps()
+    rows, slots = np.nonzero(nb.idx[:25] >= 0)                # pairs that are in the lists, at known positions
+    rng = np.random.default_rng(1)
+    I = np.r_[rows, rng.integers(0, 200, 5000)]
+    J = np.r_[nb.idx[rows, slots], rng.integers(0, 200, 5000)]
+    r_np, s_np = neighbour_lookup(nb, I, J)
+    r_xp, s_xp = neighbour_lookup(nb, I, J, _numpy_module_as_cupy())
+    np.testing.assert_array_equal(r_np, r_xp)
+    np.testing.assert_array_equal(s_np, s_xp)
+    np.testing.assert_array_equal(r_np[:len(rows)], slots)
+    np.testing.assert_array_equal(s_np[:len(rows)], nb.sim[rows, slots])
+    assert np.isnan(s_np[r_np == 12]).all()                   # absent: rank k, no similarity
+
+def test_gpu_pair_features_cosine_same_on_xp():
+    from shopee_nb.ensemble import pair_cosine
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 16)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    I, J = rng.integers(0, 300, 2000), rng.integers(0, 300, 2000)
+    expect = (X[I] * X[J]).sum(1)
+    np.testing.assert_allclose(pair_cosine(X, I, J, chunk=333), expect, atol=1e-6)
+    np.testing.assert_array_equal(pair_cosine(X, I, J, chunk=333, xp=_numpy_module_as_cupy()), pair_cosine(X, I, J, chunk=333))
+    np.testing.assert_allclose(pair_cosine(sp.csr_matrix(X), I, J, chunk=333), expect, atol=1e-6)
+
+def test_gpu_xp_only_where_rapids_works(monkeypatch):
+    import shopee_nb.ensemble as E
+    fake = _numpy_module_as_cupy()
+    monkeypatch.setitem(sys.modules, 'cupy', fake)
+    on = Backends(n_gpus=1, rapids=True, tf=False, torch=True, timm=True, faiss=False, sparse_dot_topn=False)
+    off = Backends(n_gpus=1, rapids=False, tf=False, torch=True, timm=True, faiss=False, sparse_dot_topn=False)
+    monkeypatch.setattr(E, 'backends', lambda: on)
+    assert E.gpu_xp() is fake
+    monkeypatch.setattr(E, 'backends', lambda: off)
+    assert E.gpu_xp() is np
