@@ -124,7 +124,8 @@ def part_pairs(n: int, k: int, smoke: bool) -> dict:
     out, res = dict(n=n, k=k, listed_pairs=len(I), other_pairs=R.shape[1]), {}
     for name, xp in (('numpy', np), ('cupy', cupy)):
         def run():
-            res[name] = (neighbour_lookup(nb, I, J, xp), neighbour_lookup(nb, J, I, xp), pair_cosine(E, R[0], R[1], xp=xp))
+            ranks = neighbour_lookup(nb, I, J, xp), neighbour_lookup(nb, J, I, xp)
+            res[name] = (*ranks, pair_cosine(E, R[0], R[1], xp=xp))
         run()
         out[f'{name}_seconds'] = round(timed(run), 3)
     (a1, a2, ac), (b1, b2, bc) = res['numpy'], res['cupy']
@@ -276,8 +277,8 @@ def part_grocery(smoke: bool) -> dict:
         specs = [{'name': 'model2', 'params': params}, {'name': 'phash', 'params': {}}]
         t0 = time.time()
         try:
-            encs = {f: E.fit_encoders(specs, gdf[folds != f], run/label.split(' (')[0].replace(' ', '_')/f'fold{f}', cfg)
-                    for f in range(2)}
+            folder = run/label.split(' (')[0].replace(' ', '_')
+            encs = {f: E.fit_encoders(specs, gdf[folds != f], folder/f'fold{f}', cfg) for f in range(2)}
             minutes = (time.time() - t0) / 60
             pools = E.validation_pools(gdf, folds, encs, E.DEFAULT_STEPS, 'photo', cfg)
             scorer, scores, curves, rule, table = E.best_scorer(pools, E.DEFAULT_SCORER, log=lambda *a: None)

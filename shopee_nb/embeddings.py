@@ -215,7 +215,6 @@ def _spent_seconds(folder:Path, # the encoder's folder
     try: return float(json.loads(path.read_text())['seconds'])
     except (OSError, ValueError, KeyError, TypeError): return 0.0
 
-
 # %% ../nbs/06_embeddings.ipynb #ad961166
 @patch
 def fit(self:Encoder, df:pd.DataFrame, # labelled postings (`label_group`)

@@ -195,7 +195,6 @@ def gpu_xp():
     import cupy
     return cupy
 
-
 # %% ../nbs/08_ensemble.ipynb #ebdb1c4f
 def pair_cosine(X, # L2-normalised rows: dense (n × d) or sparse
                 I, J, # the pairs' row indices
@@ -215,7 +214,6 @@ def pair_cosine(X, # L2-normalised rows: dense (n × d) or sparse
         a, b = xp.asarray(I[s:s + chunk]), xp.asarray(J[s:s + chunk])
         out[s:s + chunk] = to_host(xp.einsum('ij,ij->i', Xd[a], Xd[b]))
     return out
-
 
 # %% ../nbs/08_ensemble.ipynb #4b01e221
 def neighbour_lookup(nb:Neighbours, # every posting's neighbour list
@@ -238,7 +236,6 @@ def neighbour_lookup(nb:Neighbours, # every posting's neighbour list
     rank = xp.where(found, pos[at], k).astype(xp.float32)
     return to_host(rank), to_host(xp.where(found, sim[at], xp.nan).astype(xp.float32))
 
-
 # %% ../nbs/08_ensemble.ipynb #ee28fb92
 def view_similarity(view:View, # a dense or sparse view
                     nb:Neighbours, # its neighbour lists
@@ -251,7 +248,6 @@ def view_similarity(view:View, # a dense or sparse view
     todo = np.flatnonzero(np.isnan(s))
     if len(todo): s[todo] = pair_cosine(view.X, I[todo], J[todo], xp=xp)
     return s
-
 
 # %% ../nbs/08_ensemble.ipynb #7001bf1b
 def base_features(ctx:Context):

@@ -175,7 +175,7 @@ def topk_scratch_bytes(
     index_itemsize:int=8,   # bytes per index returned by argpartition / argsort (int64)
 ) -> int:
     "Peak scratch bytes of one `_topk_xp` block, every temporary counted."
-    wide = n * (4 * itemsize + 4 * index_itemsize)    # 48 bytes per element measured under CuPy's sort (see above)
+    wide = n * (4 * itemsize + 4 * index_itemsize)    # 48 bytes per element, measured under CuPy's sort (H200)
     narrow = k * (4 * itemsize + 4 * index_itemsize)  # top-k indices, their sims, the order, the gathered copies
     return rows * (d * itemsize + wide + narrow)
 

@@ -78,12 +78,13 @@ def test_kaggle_notebooks_have_no_outputs_and_local_paths_only():
         assert "'--no-index', '--find-links'" in text
 
 def test_kaggle_train_interrupts_a_fit_at_its_time_limit(tmp_path, monkeypatch):
-    "train.ipynb's `shopee_nb` helper stops a fit at `timeout` with Ctrl-C, so the fit records its seconds (06), not a kill."
+    "train.ipynb's helper stops a fit at `timeout` with Ctrl-C, so the fit records its seconds (06): not a kill."
     import nbformat
     nb = nbformat.read(KAGGLE/'train.ipynb', as_version=4)
     ns = {}
-    for c in nb.cells:
-        if c.cell_type == 'code' and (c.source.startswith('import os') or 'def shopee_nb(' in c.source): exec(c.source, ns)
+    helper = [c.source for c in nb.cells if c.cell_type == 'code' and 'def shopee_nb(' in c.source]
+    imports = [c.source for c in nb.cells if c.cell_type == 'code' and c.source.startswith('import os')]
+    for src in imports + helper: exec(src, ns)
     fake = tmp_path/'shopee_nb'                   # `python -m shopee_nb` run from tmp_path finds this one first
     fake.mkdir()
     (fake/'__init__.py').write_text('')
