@@ -5,8 +5,9 @@
 Measures on the CPU: JPEG decode at 512 px (one thread, then `--workers` threads through `core.map_ordered`),
 word + char TF-IDF and their sparse top-50 on the real titles (../shared/data/shopee, else synthetic ones),
 the exact dense top-50 (`_topk_xp` on NumPy, 512-d) and thresholds. Prints the table of
-`matching.stage_time_table` for `--n` postings. GPU costs (CuPy top-k, cuML TF-IDF, model forward passes) are
-not measured by this script on a CPU machine: run it on the GPU kernel to get them.
+`matching.stage_time_table` for `--n` postings. GPU costs (CuPy top-k and pair features, model forward passes)
+are measured by `benchmarks/bench_gpu.py` on a GPU machine (results: `benchmarks/results/h200.json`); cuML's
+TF-IDF needs RAPIDS, which that machine did not have.
 """
 from __future__ import annotations
 import argparse, os, sys, time
@@ -81,7 +82,7 @@ def main(n: int = 70_000, dense_n: int = 8_000, workers: int = 2):
     with pd.option_context('display.width', 140, 'display.float_format', '{:,.3f}'.format):
         print(f'\nplanned for {n:,} postings (CPU, decoding on one thread in the total):')
         print(pd.concat([t, total.tail(1)], ignore_index=True).to_string(index=False))
-    print('\nGPU (CuPy top-k, cuML TF-IDF, CNN/BERT forward passes): not measured here; no GPU on this machine.')
+    print('\nGPU (CuPy top-k, CNN/BERT forward passes): benchmarks/bench_gpu.py on a GPU machine.')
     print(' '.join(f"{k.split(' (')[0].replace(' ', '_')}{'_par' if 'threads)' in k and not k.endswith('(1 thread)') else ''}"
                    f"_ms={v * 1000:.4f}" for k, v in cost.items()))
 
