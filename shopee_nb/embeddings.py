@@ -206,13 +206,9 @@ def child_path(folder, # the folder the file must stay in
 SPENT = 'seconds_spent.json'   # training seconds of the calls of `Encoder.fit` that were stopped before the end
 
 def _spent_seconds(folder:Path, # the encoder's folder
-                   seconds:float|None=None, # write this total; None: only read it
                   ) -> float:
-    "The training seconds recorded in `folder` by stopped calls of `Encoder.fit` (written when `seconds` is given)."
-    path = folder/SPENT
-    if seconds is not None:
-        with atomic_write(path, 'w') as f: json.dump({'seconds': seconds}, f)
-    try: return float(json.loads(path.read_text())['seconds'])
+    "The training seconds that stopped calls of `Encoder.fit` recorded in `folder` (0 when none did)."
+    try: return float(json.loads((folder/SPENT).read_text())['seconds'])
     except (OSError, ValueError, KeyError, TypeError): return 0.0
 
 # %% ../nbs/06_embeddings.ipynb #ad961166
@@ -229,12 +225,12 @@ def fit(self:Encoder, df:pd.DataFrame, # labelled postings (`label_group`)
     if done is not None:
         self.weights = done
         return self.load(folder)
-    spent, t0, finished = _spent_seconds(folder), time.perf_counter(), False
+    spent, t0 = _spent_seconds(folder), time.perf_counter()
     try:
         files = self._fit(df, folder, cfg or get_config())
-        finished = True
-    finally:   # stopped (Ctrl-C, an error, a time limit's SIGINT): the next call resumes and adds to this
-        if not finished: _spent_seconds(folder, spent + time.perf_counter() - t0)
+    except BaseException:   # stopped (Ctrl-C, an error, a time limit's SIGINT): the next call resumes and adds to this
+        with atomic_write(folder/SPENT, 'w') as f: json.dump({'seconds': spent + time.perf_counter() - t0}, f)
+        raise
     self.weights = {f: file_sha256(child_path(folder, f)) for f in files}
     seconds = round(spent + time.perf_counter() - t0, 1)   # every call's training, a stopped one's included
     with atomic_write(folder/'key.json', 'w') as f: json.dump({**key, 'weights': self.weights, 'seconds': seconds}, f, indent=1)
