@@ -111,7 +111,7 @@ def part_topk(n: int, k: int, smoke: bool) -> dict:
 
 def part_pairs(n: int, k: int, smoke: bool) -> dict:
     "Pair features (neighbour lookups both ways, cosine of pairs outside the lists) on NumPy and on CuPy."
-    from shopee_nb.ensemble import neighbour_lookup, pair_cosine
+    from shopee_nb.ensemble import neighbour_table, neighbour_lookup, pair_cosine
     E = unit_rows(n, 512, seed=1)
     try:
         import cupy
@@ -124,7 +124,8 @@ def part_pairs(n: int, k: int, smoke: bool) -> dict:
     out, res = dict(n=n, k=k, listed_pairs=len(I), other_pairs=R.shape[1]), {}
     for name, xp in (('numpy', np), ('cupy', cupy)):
         def run():
-            ranks = neighbour_lookup(nb, I, J, xp), neighbour_lookup(nb, J, I, xp)
+            table = neighbour_table(nb, xp)          # as `base_features` does: sorted once, looked up both ways
+            ranks = neighbour_lookup(nb, I, J, xp, table), neighbour_lookup(nb, J, I, xp, table)
             res[name] = (*ranks, pair_cosine(E, R[0], R[1], xp=xp))
         run()
         out[f'{name}_seconds'] = round(timed(run), 3)
@@ -148,36 +149,42 @@ def image_model(name: str, mish: bool):
     from shopee_nb.nfnet_torch import ShopeeImageModel
     return ShopeeImageModel(11014, name, None, mish=mish).to(DEV)
 
-def image_costs(name: str, size: int, mish: bool, batch: int, steps: int) -> dict:
-    "Seconds per image of an embedding pass (fp16 autocast on CUDA) and of an AMP training step with ArcFace."
-    m = image_model(name, mish)
-    x = torch.randn(batch, 3, size, size, device=DEV)
-    y = torch.randint(0, 11014, (batch,), device=DEV)
-    amp = DEV.type == 'cuda'
-    m.eval()
+def step_costs(modules: list, embed, logits, y, lr: float, steps: int) -> dict:
+    """Seconds per item of `steps` embedding passes (`embed()`, fp16 autocast on CUDA) and of `steps` AMP training
+    steps on the cross-entropy of `logits()` against `y`, training the parameters of `modules`."""
+    amp, batch = DEV.type == 'cuda', len(y)
+    for m in modules: m.eval()
     def infer():
         with torch.no_grad(), torch.autocast(DEV.type, dtype=torch.float16, enabled=amp):
-            for _ in range(steps): m.embed(x)
+            for _ in range(steps): embed()
     infer()
     t_inf = timed(infer) / (steps * batch)
-    m.train()
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    for m in modules: m.train()
+    opt = torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=lr)
     scaler = torch.amp.GradScaler('cuda', enabled=amp)
     def train():
         for _ in range(steps):
             with torch.autocast(DEV.type, dtype=torch.float16, enabled=amp):
-                loss = torch.nn.functional.cross_entropy(m(x, y).float(), y)
+                loss = torch.nn.functional.cross_entropy(logits().float(), y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.step(opt); scaler.update()
+            scaler.step(opt)
+            scaler.update()
     train()
     t_tr = timed(train) / (steps * batch)
-    del m, opt
+    del opt
     if DEV.type == 'cuda': torch.cuda.empty_cache()
     return dict(infer=t_inf, train=t_tr)
 
+def image_costs(name: str, size: int, mish: bool, batch: int, steps: int) -> dict:
+    "Seconds per image of an embedding pass and of a training step with the ArcFace head (`step_costs`)."
+    m = image_model(name, mish)
+    x = torch.randn(batch, 3, size, size, device=DEV)
+    y = torch.randint(0, 11014, (batch,), device=DEV)
+    return step_costs([m], lambda: m.embed(x), lambda: m(x, y), y, 1e-4, steps)
+
 def text_costs(layers: int, hidden: int, heads: int, seq: int, batch: int, steps: int) -> dict:
-    "Seconds per title of a BERT-shaped encoder's forward pass and of a training step (CLS -> ArcFace-sized linear)."
+    "Seconds per title of a BERT-shaped encoder's pass and of a training step, CLS -> ArcFace-sized linear."
     from transformers import BertConfig, BertModel
     cfg = BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                      intermediate_size=4 * hidden, vocab_size=30522)
@@ -185,28 +192,8 @@ def text_costs(layers: int, hidden: int, heads: int, seq: int, batch: int, steps
     head = torch.nn.Linear(hidden, 11014).to(DEV)
     ids = torch.randint(1000, 30000, (batch, seq), device=DEV)
     y = torch.randint(0, 11014, (batch,), device=DEV)
-    amp = DEV.type == 'cuda'
-    m.eval()
-    def infer():
-        with torch.no_grad(), torch.autocast(DEV.type, dtype=torch.float16, enabled=amp):
-            for _ in range(steps): m(input_ids=ids).last_hidden_state[:, 0]
-    infer()
-    t_inf = timed(infer) / (steps * batch)
-    m.train()
-    opt = torch.optim.AdamW([*m.parameters(), *head.parameters()], lr=2e-5)
-    scaler = torch.amp.GradScaler('cuda', enabled=amp)
-    def train():
-        for _ in range(steps):
-            with torch.autocast(DEV.type, dtype=torch.float16, enabled=amp):
-                loss = torch.nn.functional.cross_entropy(head(m(input_ids=ids).last_hidden_state[:, 0]).float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt); scaler.update()
-    train()
-    t_tr = timed(train) / (steps * batch)
-    del m, head, opt
-    if DEV.type == 'cuda': torch.cuda.empty_cache()
-    return dict(infer=t_inf, train=t_tr)
+    cls = lambda: m(input_ids=ids).last_hidden_state[:, 0]
+    return step_costs([m, head], cls, lambda: head(cls()), y, 2e-5, steps)
 
 def titles(smoke: bool) -> list[str]:
     shopee = find_shared('shopee')

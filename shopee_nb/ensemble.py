@@ -24,16 +24,17 @@ from .matching import Neighbours, topk_cosine, phash_pairs, hamming, csr_metrics
 __all__ = ['STEPS', 'STAGES', 'UNITS', 'SIZES', 'SCORERS', 'SCORER_FILES', 'COMBINE', 'DEFAULT_STEPS', 'DEFAULT_SCORER',
            'SMALL_DATA_PAIRS', 'THRESHOLDS', 'MIN2_OFFSETS', 'POOLS', 'VOCAB_SEEN', 'FEATURE_GROUPS', 'STATUS_COLOURS',
            'View', 'encode_view', 'view_neighbours', 'StepEntry', 'register_step', 'step_entry', 'Context',
-           'blend_rows', 'blend_step', 'candidate_pairs', 'gpu_xp', 'pair_cosine', 'neighbour_lookup',
-           'view_similarity', 'base_features', 'pagerank', 'graph_step', 'quantities', 'units_step', 'pool_context',
-           'register_scorer', 'GBDTScorer', 'training_rows', 'feature_modality', 'blanked_copies', 'LogisticScorer',
-           'create_scorer', 'pairs_to_csr', 'cluster_step', 'decide', 'f1_curve', 'PoolRule', 'Member', 'MatchModel',
-           'load_model', 'data_modalities', 'fit_specs', 'keyed_state', 'fit_encoders', 'Pool', 'make_pool',
-           'pool_rows', 'validation_pools', 'oof_scores', 'oof_curves', 'fit_rule', 'heldout_scores', 'choose_rule',
-           'best_scorer', 'matches_step_gains', 'photo_folds', 'member_name', 'title_vocabulary', 'fit_model',
-           'curves_at', 'usable_members', 'match_postings', 'transfer_warnings', 'merge_models', 'default_model',
-           'cosine_phash_matches', 'fixed_threshold_scores', 'feature_filter', 'heldout_at_scale', 'transfer_scores',
-           'match_browser', 'style_matches', 'row_f1', 'error_gallery', 'photo_browser', 'training_minutes']
+           'blend_rows', 'blend_step', 'candidate_pairs', 'gpu_xp', 'pair_cosine', 'neighbour_table',
+           'neighbour_lookup', 'view_similarity', 'base_features', 'pagerank', 'graph_step', 'quantities', 'units_step',
+           'pool_context', 'register_scorer', 'GBDTScorer', 'training_rows', 'feature_modality', 'blanked_copies',
+           'LogisticScorer', 'create_scorer', 'pairs_to_csr', 'cluster_step', 'decide', 'f1_curve', 'PoolRule',
+           'Member', 'MatchModel', 'load_model', 'data_modalities', 'fit_specs', 'keyed_state', 'fit_encoders', 'Pool',
+           'make_pool', 'pool_rows', 'validation_pools', 'oof_scores', 'oof_curves', 'fit_rule', 'heldout_scores',
+           'choose_rule', 'best_scorer', 'matches_step_gains', 'photo_folds', 'member_name', 'title_vocabulary',
+           'fit_model', 'curves_at', 'usable_members', 'match_postings', 'transfer_warnings', 'merge_models',
+           'default_model', 'cosine_phash_matches', 'fixed_threshold_scores', 'feature_filter', 'heldout_at_scale',
+           'transfer_scores', 'match_browser', 'style_matches', 'row_f1', 'error_gallery', 'photo_browser',
+           'training_minutes']
 
 # %% ../nbs/08_ensemble.ipynb #93fad84a
 @dataclass
@@ -215,20 +216,29 @@ def pair_cosine(X, # L2-normalised rows: dense (n × d) or sparse
         out[s:s + chunk] = to_host(xp.einsum('ij,ij->i', Xd[a], Xd[b]))
     return out
 
-# %% ../nbs/08_ensemble.ipynb #4b01e221
-def neighbour_lookup(nb:Neighbours, # every posting's neighbour list
-                     I, J, # the pairs' row indices
-                     xp=np, # the array module: NumPy, or CuPy (`gpu_xp`)
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    "Position of `J` in `I`'s neighbour list (`k` when absent) and its similarity there (NaN when absent), on the host."
+# %% ../nbs/08_ensemble.ipynb #4b01e220
+def neighbour_table(nb:Neighbours, # every posting's neighbour list
+                    xp=np, # the array module: NumPy, or CuPy (`gpu_xp`)
+                   ) -> tuple:
+    "Every listed pair `(i, j)` as a sorted key `i·n + j`, with `j`'s position in `i`'s list and its similarity."
     n, k = nb.idx.shape
-    to_host = getattr(xp, 'asnumpy', np.asarray)
     idx, sims = xp.asarray(nb.idx), xp.asarray(nb.sim)
     ok = idx >= 0
     keys = (xp.arange(n, dtype=xp.int64)[:, None] * n + idx)[ok]
     pos, sim = xp.broadcast_to(xp.arange(k), idx.shape)[ok], sims[ok]
     o = xp.argsort(keys)
-    keys, pos, sim = keys[o], pos[o], sim[o]
+    return keys[o], pos[o], sim[o]
+
+# %% ../nbs/08_ensemble.ipynb #4b01e221
+def neighbour_lookup(nb:Neighbours, # every posting's neighbour list
+                     I, J, # the pairs' row indices
+                     xp=np, # the array module: NumPy, or CuPy (`gpu_xp`)
+                     table=None, # `neighbour_table(nb, xp)`, when the caller looks up more than once
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    "Position of `J` in `I`'s neighbour list (`k` when absent) and its similarity there (NaN when absent), on the host."
+    n, k = nb.idx.shape
+    to_host = getattr(xp, 'asnumpy', np.asarray)
+    keys, pos, sim = neighbour_table(nb, xp) if table is None else table
     if not len(keys): return np.full(len(I), k, np.float32), np.full(len(I), np.nan, np.float32)
     q = xp.asarray(I).astype(xp.int64) * n + xp.asarray(J)
     at = xp.clip(xp.searchsorted(keys, q), 0, len(keys) - 1)
@@ -262,7 +272,9 @@ def base_features(ctx:Context):
             ctx.F[f'{v.name}_dist'] = np.where(miss, np.nan, d)
             continue
         nb = ctx.nbs[v.name]
-        (r1, s1), (r2, s2) = neighbour_lookup(nb, I, J, xp), neighbour_lookup(nb, J, I, xp)
+        table = neighbour_table(nb, xp)                                 # sorted once, looked up both ways
+        r1, s1 = neighbour_lookup(nb, I, J, xp, table)
+        r2, s2 = neighbour_lookup(nb, J, I, xp, table)
         known = np.where(miss, 0, np.where(np.isnan(s1), s2, s1))      # postings without the view: nothing to compute
         s = np.where(miss, np.nan, view_similarity(v, nb, I, J, known, xp))
         best = np.where(nb.idx[:, 1] >= 0, nb.sim[:, 1], np.nan) if nb.k > 1 else np.full(ctx.n, np.nan)
